@@ -1,0 +1,100 @@
+"""Building blocks shared by the encoder-decoder and decoder-only models.
+
+Pure functions of explicit parameter dicts. Tensor names carry shapes:
+B batch, T query length, S key length, D model width, H heads, K head dim.
+Every projection goes through `peft.apply.linear`, so PEFT modules reach it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from peft_jax.peft import apply as pa
+
+NEG_INF = -1e10
+
+
+def rms_norm(x_BxTxD, p, views, ctx, eps: float, plus_one: bool = False):
+    """RMSNorm without bias or mean subtraction, computed in float32 (T5, Llama; Gemma with plus_one)."""
+    x = x_BxTxD.astype(jnp.float32)
+    x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + eps)
+    scale = pa.param(p, "scale", views, jnp.float32)
+    return (x * (1.0 + scale if plus_one else scale)).astype(ctx.dtype)
+
+
+def split_heads(x_BxTxHK, num_heads: int):
+    b, t, hk = x_BxTxHK.shape
+    return x_BxTxHK.reshape(b, t, num_heads, hk // num_heads)
+
+
+def attend(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, bias_BxHxTxS, mask_BxTxS, scale: float):
+    """Dot-product attention with grouped KV heads (G divides H), softmax in float32."""
+    b, t, h, kd = q_BxTxHxK.shape
+    g = k_BxSxGxK.shape[2]
+    q_BxTxGxRxK = q_BxTxHxK.reshape(b, t, g, h // g, kd)
+    logits = jnp.einsum("btgrk,bsgk->bgrts", q_BxTxGxRxK, k_BxSxGxK).astype(jnp.float32) * scale
+    logits = logits.reshape(b, h, t, -1)
+    if bias_BxHxTxS is not None:
+        logits = logits + bias_BxHxTxS.astype(jnp.float32)
+    if mask_BxTxS is not None:
+        logits = jnp.where(mask_BxTxS[:, None], logits, NEG_INF)
+    probs = jax.nn.softmax(logits, axis=-1).astype(v_BxSxGxK.dtype)
+    probs_BxGxRxTxS = probs.reshape(b, g, h // g, t, -1)
+    out = jnp.einsum("bgrts,bsgk->btgrk", probs_BxGxRxTxS, v_BxSxGxK)
+    return out.reshape(b, t, h * kd)
+
+
+def relative_position_bucket(relative_position, bidirectional: bool, num_buckets: int, max_distance: int):
+    """T5's log-spaced relative-position buckets (memory position minus query position)."""
+    ret = 0
+    n = -relative_position
+    if bidirectional:
+        num_buckets //= 2
+        ret = (n < 0).astype(jnp.int32) * num_buckets
+        n = jnp.abs(n)
+    else:
+        n = jnp.maximum(n, 0)
+    max_exact = num_buckets // 2
+    is_small = n < max_exact
+    safe_n = jnp.maximum(n, 1).astype(jnp.float32)
+    val_if_large = max_exact + (
+        jnp.log(safe_n / max_exact) / math.log(max_distance / max_exact) * (num_buckets - max_exact)
+    ).astype(jnp.int32)
+    val_if_large = jnp.minimum(val_if_large, num_buckets - 1)
+    return ret + jnp.where(is_small, n, val_if_large)
+
+
+def relative_bias(p, views, q_pos_T, k_pos_S, bidirectional, num_buckets, max_distance):
+    """[1, H, T, S] position bias from the shared relative-position embedding."""
+    buckets_TxS = relative_position_bucket(k_pos_S[None, :] - q_pos_T[:, None], bidirectional, num_buckets, max_distance)
+    table_NxH = pa.param(p, "rel_embedding", views, jnp.float32)
+    return jnp.transpose(table_NxH[buckets_TxS], (2, 0, 1))[None]
+
+
+def rope(x_BxTxHxK, positions_BxT, theta: float):
+    """Rotary embedding, half-split convention (first half pairs with second half)."""
+    k = x_BxTxHxK.shape[-1]
+    freq = 1.0 / (theta ** (jnp.arange(0, k, 2, dtype=jnp.float32) / k))
+    angles_BxTxK2 = positions_BxT[..., None].astype(jnp.float32) * freq
+    sin = jnp.sin(angles_BxTxK2)[:, :, None, :]
+    cos = jnp.cos(angles_BxTxK2)[:, :, None, :]
+    x1, x2 = jnp.split(x_BxTxHxK.astype(jnp.float32), 2, axis=-1)
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x_BxTxHxK.dtype)
+
+
+def gated_mlp(x_BxTxD, p, views, ctx, activation: str, dropout: float, name: str):
+    """act(x W0) * (x W1) then Wo; (IA)^3 on the hidden reaches Wo's input."""
+    act = {"gelu": lambda h: jax.nn.gelu(h, approximate=True), "silu": jax.nn.silu}[activation]
+    h0 = pa.linear(x_BxTxD, p["wi_0"], pa.child(views, "wi_0"), ctx, name + "/wi_0")
+    h1 = pa.linear(x_BxTxD, p["wi_1"], pa.child(views, "wi_1"), ctx, name + "/wi_1")
+    h = ctx.dropout(act(h0) * h1, dropout, name + "/hidden")
+    return pa.linear(h, p["wo"], pa.child(views, "wo"), ctx, name + "/wo")
+
+
+def update_cache(cache_BxLxGxK, new_BxTxGxK, index):
+    """Writes T new positions at `index` of a preallocated KV cache."""
+    return jax.lax.dynamic_update_slice(cache_BxLxGxK, new_BxTxGxK.astype(cache_BxLxGxK.dtype), (0, index, 0, 0))
