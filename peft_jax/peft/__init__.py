@@ -1,4 +1,17 @@
-"""PEFT modules as pytrees separate from the frozen base (filled in by peft_jax.peft.core)."""
+"""PEFT modules as pytrees separate from the frozen base.
 
-from peft_jax.peft.module import (Module, LoraConfig, PromptConfig, IA3Config, AdapterConfig, SparseConfig,
-                                  PeftConfigError, config_from_dict, config_to_dict)
+  module = peft.init(model, peft.LoraConfig(rank=8), rng)
+  logits = model.logits(params, batch, peft=module)          # or peft=[lang, task] to stack
+  merged = peft.merge(params, module)                          # LoRA, (IA)^3, sparse
+  peft.save(path, module, {"note": "..."}); module = peft.load(path, base_params=params)
+  peft.count(params, module) -> {total, trainable, fraction_trainable}
+  peft.export_hf(dir, module, base_path, model); peft.import_hf(dir, model)
+  peft.batch([m1, m2, ...]) -> one module whose row b applies to example b
+"""
+
+from peft_jax.peft.module import (AdapterConfig, IA3Config, LoraConfig, Module, PeftConfigError, PromptConfig,
+                                  SparseConfig, config_from_dict, config_to_dict)
+from peft_jax.peft.core import (TargetError, check_base, count, fingerprint, init, logical_axes, merge, unmerge)
+from peft_jax.peft.io import ModuleFileError, load, save
+from peft_jax.peft.hf_peft import HFPeftError, export_hf, import_hf
+from peft_jax.peft.batching import batch, unbatch

@@ -1,0 +1,96 @@
+"""Module files: one safetensors file holding a module's arrays, its config and metadata.
+
+Layout: tensors named by their '/'-joined module path; `__metadata__` holds
+`format` (name and version), `config` (JSON), `batched`, `metadata` (JSON: base
+fingerprint, provenance) and `sha256` over the tensor bytes, so that a
+truncated or corrupted file is detected. Writes are atomic (temporary file,
+fsync, rename) and never replace an existing file unless asked to.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+
+import jax
+import numpy as np
+
+from peft_jax import tree as tu
+from peft_jax.models import safetensors_io as st
+from peft_jax.peft.core import check_base
+from peft_jax.peft.module import Module, PeftConfigError, config_from_dict, config_to_dict
+
+FORMAT = "peft_jax.module"
+VERSION = 1
+
+
+class ModuleFileError(ValueError):
+    """A module file is missing, truncated, corrupted or of an unknown format version."""
+
+
+def _digest(tensors: dict[str, np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        h.update(name.encode())
+        h.update(np.ascontiguousarray(tensors[name]).tobytes())
+    return h.hexdigest()
+
+
+def atomic_write(path: str, write_fn, overwrite: bool = False) -> None:
+    """Calls write_fn(tmp_path), fsyncs, then renames onto `path`: a reader sees the old file or the new one."""
+    path = os.fspath(path)
+    if os.path.exists(path) and not overwrite:
+        raise FileExistsError(f"{path}: already exists; pass overwrite=True to replace it")
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    os.close(fd)
+    try:
+        write_fn(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save(path: str, peft: Module, metadata: dict | None = None, *, overwrite: bool = False) -> None:
+    """Saves `peft` (arrays + config + metadata, with `metadata` merged into the module's own)."""
+    if metadata:
+        peft = peft.with_metadata(**metadata)
+    tensors = {k: np.asarray(jax.device_get(v)) for k, v in tu.flatten(peft.params).items()}
+    header = {"format": FORMAT, "version": str(VERSION), "config": json.dumps(config_to_dict(peft.config)),
+              "batched": json.dumps(peft.batched), "metadata": peft.metadata_json, "sha256": _digest(tensors)}
+    atomic_write(path, lambda tmp: st.write(tmp, tensors, header), overwrite=overwrite)
+
+
+def load(path: str, base_params: dict | None = None) -> Module:
+    """Loads a module file; with `base_params`, also checks it was trained on that base."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ModuleFileError(f"{path}: module file does not exist")
+    try:
+        f = st.SafetensorsFile(path)
+    except st.SafetensorsError as e:
+        raise ModuleFileError(str(e)) from None
+    meta = f.metadata
+    if meta.get("format") != FORMAT:
+        raise ModuleFileError(f"{path}: not a peft_jax module file (format {meta.get('format')!r})")
+    if meta.get("version") != str(VERSION):
+        raise ModuleFileError(f"{path}: unknown module format version {meta.get('version')!r}; "
+                              f"this peft_jax reads version {VERSION}")
+    tensors = {name: np.array(f.get(name)) for name in f.names}
+    if _digest(tensors) != meta.get("sha256"):
+        raise ModuleFileError(f"{path}: checksum mismatch: the file is corrupted")
+    try:
+        config = config_from_dict(json.loads(meta["config"]))
+    except (PeftConfigError, KeyError, json.JSONDecodeError) as e:
+        raise ModuleFileError(f"{path}: bad module config ({e})") from None
+    module = Module(params=tu.unflatten({k: jax.numpy.asarray(v) for k, v in tensors.items()}), config=config,
+                    batched=json.loads(meta.get("batched", "false")), metadata_json=meta.get("metadata", "{}"))
+    if base_params is not None:
+        check_base(base_params, module)
+    return module
