@@ -21,6 +21,8 @@ INSTALL_REQUIRES = [
     "jieba==0.42.1",
     "pythainlp==5.4.0",
     "langid==1.1.6",
+    "fugashi==1.5.2",  # MeCab for Japanese ROUGE segmentation
+    "unidic-lite==1.0.8",  # its dictionary, bundled: no download at run time
     "numpy==2.4.6",
     "tensorboardX==2.6.5",
     "matplotlib==3.11.2",
