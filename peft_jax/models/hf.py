@@ -225,12 +225,17 @@ def load_pretrained(path: str, *, param_dtype=jnp.float32, compute_dtype: str = 
                     shardings: Any = None):
     """(model, params) from a Hugging Face checkpoint directory.
 
+    Also reads the native checkpoints of `peft_jax.models.native`.
     Supported: MT5ForConditionalGeneration / T5ForConditionalGeneration (v1.1,
     gated MLP), LlamaForCausalLM, GemmaForCausalLM. `shardings`, a pytree of
     `jax.sharding.Sharding` matching the params (or a function model -> that
     tree), loads each tensor straight into its sharding.
     """
     path = os.fspath(path)
+    from peft_jax.models import native  # a checkpoint this project wrote itself (e.g. the demo's base)
+
+    if native.is_native(path):
+        return native.load(path)
     cfg = read_config(path)
     cfg_path = os.path.join(path, "config.json")
     arch = _architecture(cfg, cfg_path)

@@ -1,0 +1,69 @@
+"""Native base checkpoints: our model config (JSON) + parameters (safetensors, '/'-joined paths).
+
+Used for bases this project trains itself (the embedded demo pretrains a tiny
+mT5-style model); Hugging Face checkpoints load through `hf.load_pretrained`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from peft_jax import tree as tu
+from peft_jax.models import safetensors_io as st
+from peft_jax.models.decoder import DecoderConfig, DecoderModel
+from peft_jax.models.hf import CheckpointError
+from peft_jax.models.t5 import T5Config, T5Model
+
+_KINDS = {"T5Config": (T5Config, T5Model), "DecoderConfig": (DecoderConfig, DecoderModel)}
+
+
+def save(path: str, model, params: dict) -> None:
+    """Writes `path/config.json` and `path/params.safetensors` (atomically, each file)."""
+    from peft_jax.peft.io import atomic_write  # the peft package imports models: resolve lazily
+
+    os.makedirs(path, exist_ok=True)
+    tensors = {k: np.asarray(jax.device_get(v)) for k, v in tu.flatten(params).items()}
+    digest = hashlib.sha256(b"".join(tensors[k].tobytes() for k in sorted(tensors))).hexdigest()
+    config = {"kind": type(model.config).__name__, "config": dataclasses.asdict(model.config)}
+    atomic_write(os.path.join(path, "params.safetensors"),
+                 lambda tmp: st.write(tmp, tensors, {"sha256": digest}), overwrite=True)
+    atomic_write(os.path.join(path, "config.json"),
+                 lambda tmp: open(tmp, "w").write(json.dumps(config, indent=1)), overwrite=True)
+
+
+def is_native(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, "params.safetensors"))
+
+
+def load(path: str):
+    """(model, params) from a directory written by `save`; checksums are verified."""
+    cfg_path, w_path = os.path.join(path, "config.json"), os.path.join(path, "params.safetensors")
+    for p in (cfg_path, w_path):
+        if not os.path.isfile(p):
+            raise CheckpointError(f"{p}: missing (expected a peft_jax native checkpoint)")
+    with open(cfg_path, encoding="utf-8") as f:
+        meta = json.load(f)
+    if meta.get("kind") not in _KINDS:
+        raise CheckpointError(f"{cfg_path}: unknown model kind {meta.get('kind')!r}")
+    config_cls, model_cls = _KINDS[meta["kind"]]
+    model = model_cls(config_cls(**meta["config"]))
+    try:
+        f = st.SafetensorsFile(w_path)
+    except st.SafetensorsError as e:
+        raise CheckpointError(str(e)) from None
+    tensors = {k: np.array(f.get(k)) for k in f.names}
+    digest = hashlib.sha256(b"".join(tensors[k].tobytes() for k in sorted(tensors))).hexdigest()
+    if digest != f.metadata.get("sha256"):
+        raise CheckpointError(f"{w_path}: checksum mismatch: the file is corrupted")
+    want = set(tu.flatten(model.param_specs(), is_leaf=lambda x: hasattr(x, "axes")))
+    if want != set(tensors):
+        raise CheckpointError(f"{w_path}: parameters differ from the config: missing {sorted(want - set(tensors))[:5]},"
+                              f" unexpected {sorted(set(tensors) - want)[:5]}")
+    return model, tu.unflatten({k: jnp.asarray(v) for k, v in tensors.items()})
