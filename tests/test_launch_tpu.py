@@ -23,8 +23,8 @@ def test_dry_run_create_pod_slice_prints_the_gcloud_command():
 def test_dry_run_setup_copies_and_installs_on_all_workers():
     copy, install = _dry("setup", "--name=pj", "--zone=z", "--project=p")
     assert copy == "gcloud compute tpus tpu-vm scp --recurse . 'pj:~/peft_jax' --zone=z --project=p --worker=all"
-    assert install.startswith("gcloud compute tpus tpu-vm ssh pj --zone=z --project=p --worker=all --command=")
-    assert "pip install -q -e . 'jax[tpu]==0.10.2'" in install
+    assert install.startswith("gcloud compute tpus tpu-vm ssh pj --zone=z --project=p --worker=all '--command=cd ")
+    assert '.venv/bin/pip install -q -e . "jax[tpu]==0.10.2"' in install
 
 
 def test_dry_run_run_starts_the_stage_on_every_worker_distributed():

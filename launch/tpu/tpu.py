@@ -50,7 +50,7 @@ def create(args) -> list[list[str]]:
 def setup(args) -> list[list[str]]:
     """Copies this checkout to every worker and installs it with JAX for TPU into a venv there."""
     install = (f"cd {REMOTE_DIR} && python3 -m venv .venv && .venv/bin/pip install -q --upgrade pip && "
-               f".venv/bin/pip install -q -e . {shlex.quote(JAX_TPU)}")
+               f".venv/bin/pip install -q -e . \"{JAX_TPU}\"")
     copy = _base(args) + ["scp", "--recurse", args.source, f"{args.name}:~/{REMOTE_DIR}", *_where(args),
                           "--worker=all"]
     return [copy, _ssh(args, install)]
