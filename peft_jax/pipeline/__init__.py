@@ -1,0 +1,1 @@
+"""The experiment pipeline: resumable stages, results tables and plots."""
