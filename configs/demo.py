@@ -40,7 +40,8 @@ def get_config(arg: str = ""):
     c.data = ml_collections.ConfigDict()
     c.data.kind = "synthetic"  # synthetic | xlsum
     c.data.xlsum_dir = ""  # xlsum: directory in the released layout
-    c.data.text_paths = ""  # xlsum: unlabeled text per language, '{language}' is replaced
+    c.data.text_paths = ""  # xlsum: unlabeled text per language; '{language}', '{iso1}', '{iso3}' are filled in
+    c.data.text_overrides = ml_collections.ConfigDict()  # {language: path} where the pattern does not fit
 
     c.world = ml_collections.ConfigDict()
     c.world.seed = 0  # the synthetic world's words and examples
@@ -53,6 +54,7 @@ def get_config(arg: str = ""):
     c.tokenizer.path = ""  # SentencePiece model; '' trains one on the unlabeled text
     c.tokenizer.vocab_size = 1200  # size of the trained vocabulary (soft limit)
     c.tokenizer.num_sentinels = 32  # <extra_id_i> pieces for span corruption
+    c.tokenizer.extra_ids = 0  # sentinel ids appended after the vocabulary (mT5: 100); ours has pieces
 
     c.base = ml_collections.ConfigDict()
     c.base.checkpoint = ""  # a base checkpoint; '' pre-trains one here
@@ -71,7 +73,6 @@ def get_config(arg: str = ""):
     c.lang_train.batch_size = 32
     c.lang_train.peft.lora.targets = lora
     c.lang_train.data.input_length = 64
-    c.lang_train.data.extra_ids = 0  # the trained vocabulary has its own <extra_id_i> pieces
     c.lang_train.progress_bar = False
     c.lang_train.eval_every = 0  # held-out loss is not needed to compose; the λ sweep uses validation ROUGE
     c.task_train = _train_config("model=mt5_tiny,peft=lora,objective=seq2seq,source=xlsum")
@@ -80,7 +81,6 @@ def get_config(arg: str = ""):
     c.task_train.peft.lora.targets = lora
     c.task_train.data.input_length = 96
     c.task_train.data.target_length = 24
-    c.task_train.data.extra_ids = 0
     c.task_train.progress_bar = False
     c.task_train.eval_every = 0
 

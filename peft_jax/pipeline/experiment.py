@@ -40,7 +40,8 @@ def _world(config):
 def prepare_data(config, workdir: str) -> dict:
     """Writes the synthetic world (XL-Sum layout + unlabeled text) or checks the given paths."""
     if config.data.kind != "synthetic":
-        return {"xlsum_dir": config.data.xlsum_dir, "text_paths": config.data.text_paths}
+        return {"xlsum_dir": config.data.xlsum_dir, "text_paths": config.data.text_paths,
+                "text_overrides": dict(config.data.text_overrides)}
     world = _world(config)
     root = os.path.join(workdir, "data")
     w = config.world
@@ -48,6 +49,16 @@ def prepare_data(config, workdir: str) -> dict:
     world.write_unlabeled(os.path.join(root, "text"), w.n_unlabeled, "train")
     world.write_unlabeled(os.path.join(root, "text"), w.n_validation, "validation")
     return {"xlsum_dir": os.path.join(root, "xlsum"), "text_paths": os.path.join(root, "text", "{language}_train.txt")}
+
+
+def text_path(paths: dict, lang: str) -> str:
+    """The unlabeled-text path of `lang`: '{language}', '{iso1}', '{iso3}' in the pattern are filled in."""
+    from peft_jax import languages
+
+    if lang in paths.get("text_overrides", {}):
+        return paths["text_overrides"][lang]
+    l = languages.resolve(lang)
+    return paths["text_paths"].format(language=lang, name=l.name, iso1=l.iso1 or l.iso3, iso3=l.iso3)
 
 
 def _languages(config) -> list[str]:
@@ -60,7 +71,7 @@ def prepare_tokenizer(config, workdir: str, paths: dict) -> str:
         return config.tokenizer.path
     texts = []
     for lang in _languages(config) + list(config.labeled_languages):
-        with open(paths["text_paths"].format(language=lang), encoding="utf-8") as f:
+        with open(text_path(paths, lang), encoding="utf-8") as f:
             texts.extend(line.strip() for line in f)
     prefix = os.path.join(workdir, "tokenizer")
     return str(data.train_sentencepiece(texts, prefix, config.tokenizer.vocab_size,
@@ -74,19 +85,20 @@ def prepare_base(config, workdir: str, paths: dict, tok_path: str, log) -> str:
     from peft_jax.models import get_model, native
     from peft_jax.pipeline.pretrain import pretrain
 
-    tok = data.load_tokenizer(tok_path)
+    tok = data.load_tokenizer(tok_path, extra_ids=config.tokenizer.extra_ids)
     p = config.base.pretrain
     model = get_model(p.preset, vocab_size=tok.vocab_size, **dict(p.overrides))
-    docs = []
-    for lang in sorted(set(_languages(config)) | set(config.labeled_languages)):
-        with open(paths["text_paths"].format(language=lang), encoding="utf-8") as f:
-            docs.extend(np.asarray(tok.encode(line.strip()), np.int32) for line in f if line.strip())
-    sentinels = tok.sentinel_ids(config.tokenizer.num_sentinels)
-    fn = data.with_rng(functools.partial(data.span_corruption_features, sentinel_ids=sentinels, eos_id=tok.eos_id,
-                                         pad_id=tok.pad_id, max_input_len=p.input_length))
-    batches = data.make_iterator(docs, fn, p.batch_size, seed=config.seed)
-    params, curve = pretrain(model, model.init(jax.random.PRNGKey(config.seed)), batches, steps=p.steps,
-                             learning_rate=p.learning_rate, log=log)
+    params, curve = model.init(jax.random.PRNGKey(config.seed)), []
+    if p.steps > 0:  # steps=0: a random base (the runlocal paths of the real configs)
+        docs = []
+        for lang in sorted(set(_languages(config)) | set(config.labeled_languages)):
+            with open(text_path(paths, lang), encoding="utf-8") as f:
+                docs.extend(np.asarray(tok.encode(line.strip()), np.int32) for line in f if line.strip())
+        sentinels = tok.sentinel_ids(config.tokenizer.num_sentinels)
+        fn = data.with_rng(functools.partial(data.span_corruption_features, sentinel_ids=sentinels,
+                                             eos_id=tok.eos_id, pad_id=tok.pad_id, max_input_len=p.input_length))
+        batches = data.make_iterator(docs, fn, p.batch_size, seed=config.seed)
+        params, curve = pretrain(model, params, batches, steps=p.steps, learning_rate=p.learning_rate, log=log)
     path = os.path.join(workdir, "base")
     native.save(path, model, params)
     with open(os.path.join(path, "pretrain_curve.json"), "w") as f:
@@ -102,8 +114,9 @@ def train_module(config, workdir: str, kind: str, lang: str, paths: dict, tok_pa
     cfg = copy.deepcopy(config.lang_train if kind == "lang" else config.task_train)
     cfg.model.checkpoint = base_path
     cfg.data.tokenizer = tok_path
+    cfg.data.extra_ids = config.tokenizer.extra_ids
     cfg.data.language = lang
-    cfg.data.paths = paths["text_paths"].format(language=lang) if kind == "lang" else paths["xlsum_dir"]
+    cfg.data.paths = text_path(paths, lang) if kind == "lang" else paths["xlsum_dir"]
     cfg.seed = config.seed
     run_dir = os.path.join(workdir, "train", f"{kind}_{lang}")
     train(cfg, run_dir)
@@ -118,7 +131,7 @@ class Context:
         from peft_jax import load_pretrained
 
         self.config, self.paths = config, paths
-        self.tok = data.load_tokenizer(tok_path)
+        self.tok = data.load_tokenizer(tok_path, extra_ids=config.tokenizer.extra_ids)
         self.model, self.params = load_pretrained(base_path)
         self.modules = {k: peft.load(v, base_params=self.params) for k, v in modules.items()}
         self.world = _world(config)

@@ -1,0 +1,110 @@
+"""The real experiment: zero-shot XL-Sum summarization with mT5 and language / task arithmetic.
+
+  python launch/pipeline.py --config=configs/xlsum_mt5.py:size=xl \
+      --config.base.checkpoint=/ckpt/mt5-xl --config.tokenizer.path=/ckpt/mt5-xl/spiece.model \
+      --config.data.xlsum_dir=/data/xlsum --config.data.text_paths='/data/mc4/c4-{iso1}.json.gz' \
+      --workdir=gs://bucket/xlsum_mt5_xl
+
+English is the labeled source; the other XL-Sum languages are zero-shot targets (pass
+`targets=hindi+swahili+...` to choose). Language modules are trained with span corruption on
+unlabeled text (mC4's JSON-lines files or any text files: '{language}', '{iso1}', '{iso3}' in
+`text_paths` are filled in per language); the task module on XL-Sum English. Decoding and scoring
+follow XL-Sum: source 512 / target 84 tokens, beam 4, length penalty 0.6, no-repeat-ngram 2,
+multilingual ROUGE.
+
+`configs/xlsum_mt5.py:runlocal` runs the same code path on this machine: the real XL-Sum samples in
+../shared/data/xlsum, Tatoeba sentences as unlabeled text, the multilingual SentencePiece model in
+../shared/data/tokenizers and a tiny random base (no download).
+Arguments (comma-separated): size=small|base|large|xl|xxl, targets=a+b+c, labeled=a+b, runlocal.
+"""
+
+import importlib.util
+import pathlib
+
+import ml_collections
+
+_HERE = pathlib.Path(__file__).resolve().parent
+_SHARED = _HERE.parent.parent / "shared" / "data"
+# Tatoeba files are named by ISO 639-3 code; English sentences come from the French pair.
+_TATOEBA = {"english": "tatoeba.fra-eng.eng"}
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"_cfg_{name}", _HERE / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _args(arg: str) -> dict:
+    out = {}
+    for part in filter(None, (arg or "").split(",")):
+        key, _, value = part.partition("=")
+        if key not in ("size", "targets", "labeled", "runlocal"):
+            raise ValueError(f"xlsum config: unknown argument {key!r}; known: size, targets, labeled, runlocal")
+        out[key] = value or "true"
+    return out
+
+
+def get_config(arg: str = ""):
+    args = _args(arg)
+    runlocal = "runlocal" in args
+    size = args.get("size", "small")
+    c = _load("demo").get_config("runlocal" if runlocal else "")
+    c.source_language = "english"
+    c.target_languages = args.get("targets", "marathi+urdu" if runlocal else
+                                  "+".join(_XLSUM_TARGETS)).split("+")
+    c.labeled_languages = args.get("labeled", "english+hindi" if runlocal else "english").split("+")
+    if len(c.labeled_languages) < 2:  # related-language mixes need task modules of other labeled languages
+        c.recipes = [r for r in c.recipes if r != "multi_source"]
+    c.multi_source_by = "genus"
+    c.lambdas = [0.25, 0.5, 0.75, 1.0]
+
+    c.data.kind = "xlsum"
+    c.data.xlsum_dir = str(_SHARED / "xlsum") if runlocal else ""
+    c.data.text_paths = str(_SHARED / "tatoeba" / "tatoeba.{iso3}-eng.{iso3}") if runlocal else ""
+    if runlocal:
+        c.data.text_overrides = ml_collections.ConfigDict({"english": str(_SHARED / "tatoeba" / _TATOEBA["english"])})
+    c.tokenizer.path = str(_SHARED / "tokenizers" / "mistral_v3_bytefallback_32k.model") if runlocal else ""
+    c.tokenizer.extra_ids = 100  # mT5 appends 100 <extra_id_i> ids after the SentencePiece vocabulary
+    c.base.checkpoint = ""  # required for real runs: a Hugging Face mT5 directory (runlocal: random base)
+    c.base.pretrain.preset = "mt5_tiny"
+    c.base.pretrain.steps = 0  # runlocal: a tiny random base stands in for mT5
+    c.base.pretrain.overrides = ml_collections.ConfigDict(dict(dropout_rate=0.0))
+    c.base.size = size  # documentation of the intended checkpoint size (mt5-<size>)
+
+    for section, objective in (("lang_train", "span_corruption"), ("task_train", "seq2seq")):
+        t = _load("train").get_config(f"model={'mt5_tiny' if runlocal else 'mt5_' + size},peft=lora,"
+                                      f"objective={objective},source={'text' if objective != 'seq2seq' else 'xlsum'}")
+        t.peft.lora.targets = r".*(attention|self_attention|encoder_decoder_attention|mlp)/\w+$"
+        t.eval_every = 0
+        t.progress_bar = not runlocal
+        if runlocal:
+            t.num_steps, t.batch_size, t.data.input_length, t.data.target_length = 4, 4, 64, 16
+        else:
+            t.num_steps, t.batch_size, t.data.input_length, t.data.target_length = 20_000, 128, 512, 84
+            t.model.dtype = "bfloat16"
+        c[section] = t
+
+    c.decode.method = "beam"
+    c.decode.num_beams = 2 if runlocal else 4
+    c.decode.length_penalty = 0.6
+    c.decode.no_repeat_ngram_size = 2
+    c.decode.max_input_len = 64 if runlocal else 512
+    c.decode.max_decode_len = 8 if runlocal else 84
+    c.decode.batch_size = 4 if runlocal else 64
+    c.world.n_validation = 4
+    c.eval.n_validation = 4 if runlocal else 500
+    c.eval.n_test = 4 if runlocal else 100_000
+    c.eval.tokenization = "multilingual"
+    c.eval.bootstrap_samples = 200 if runlocal else 1000
+    c.distributed = False  # set by launch/tpu/tpu.py run on multi-host TPU slices
+    return c
+
+
+_XLSUM_TARGETS = (
+    "amharic", "arabic", "azerbaijani", "bengali", "burmese", "chinese_simplified", "chinese_traditional", "french",
+    "gujarati", "hausa", "hindi", "igbo", "indonesian", "japanese", "kirundi", "korean", "kyrgyz", "marathi",
+    "nepali", "oromo", "pashto", "persian", "pidgin", "portuguese", "punjabi", "russian", "scottish_gaelic",
+    "serbian_cyrillic", "serbian_latin", "sinhala", "somali", "spanish", "swahili", "tamil", "telugu", "thai",
+    "tigrinya", "turkish", "ukrainian", "urdu", "uzbek", "vietnamese", "welsh", "yoruba")
