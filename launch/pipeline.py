@@ -3,9 +3,12 @@
   python launch/pipeline.py --config=configs/demo.py --workdir=runs/demo
 """
 
+import sys
+
 from absl import app, flags
 from ml_collections import config_flags
 
+from peft_jax import cli
 from peft_jax.pipeline import experiment
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file", lock_config=True)
@@ -14,7 +17,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "directory for every stage's out
 
 def main(argv):
     del argv
-    experiment.run(_CONFIG.value, _WORKDIR.value)
+    sys.exit(cli.run(lambda: experiment.run(_CONFIG.value, _WORKDIR.value)))
 
 
 if __name__ == "__main__":
