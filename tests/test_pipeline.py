@@ -115,3 +115,27 @@ def test_real_xlsum_config_runlocal_runs_on_the_real_samples(name, tmp_path):
     assert {r["recipe"] for r in rows} == set(config.recipes)
     assert all(r["num_examples"] == 4 for r in rows)  # the 4 real marathi_test.jsonl articles
     assert (tmp_path / "train" / "task_english" / "final_module").is_file()
+
+
+def test_resuming_with_another_config_is_refused(demo_run):
+    workdir = demo_run[0]
+    other = _config("demo", **{**SMALL, "lambdas": [0.25, 1.0]})
+    with pytest.raises(experiment.ConfigMismatchError, match=r"another config \(differs in \['lambdas/0'"):
+        experiment.run(other, workdir, log=lambda _: None)
+
+
+def test_notebook_runs_top_to_bottom(demo_run):
+    """The Colab notebook, executed on the finished demo workdir (its stages are reused, not redone)."""
+    import nbclient
+    import nbformat
+
+    nb = nbformat.read(ROOT / "notebooks" / "language_task_arithmetic.ipynb", as_version=4)
+    os.environ["PEFT_JAX_NOTEBOOK_WORKDIR"] = demo_run[0]
+    try:
+        nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
+                                resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
+    finally:
+        del os.environ["PEFT_JAX_NOTEBOOK_WORKDIR"]
+    outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert "λ=" in outputs and "ROUGE-L" in outputs
+    assert any("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.outputs)

@@ -302,10 +302,35 @@ def write_report(workdir: str, rows: list[dict], sweeps: dict) -> str:
 
 
 # ---------------------------------------------------------------------------------- run
+class ConfigMismatchError(ValueError):
+    """A workdir's finished stages came from another config."""
+
+
+def check_config(config, workdir: str) -> None:
+    """Records the config on the first run; refuses to resume a workdir with a different one."""
+    path = os.path.join(workdir, "config.json")
+    current = json.loads(config.to_json_best_effort(sort_keys=True))
+    if not os.path.exists(path):
+        from peft_jax.peft.io import atomic_write
+
+        atomic_write(path, lambda tmp: open(tmp, "w").write(json.dumps(current, indent=1, sort_keys=True)))
+        return
+    with open(path, encoding="utf-8") as f:
+        saved = json.load(f)
+    if saved != current:
+        from peft_jax.tree import flatten
+
+        a, b = flatten(saved), flatten(current)
+        diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        raise ConfigMismatchError(f"workdir {workdir} holds a run of another config (differs in {diff[:8]}); "
+                                  "resume with the same config or use another --workdir")
+
+
 def run(config, workdir: str, log=print) -> list[dict]:
     """Runs (or resumes) the whole experiment in `workdir`; returns the results rows."""
     workdir = os.path.abspath(workdir)
     with workdir_lock(workdir):
+        check_config(config, workdir)
         st = Stages(workdir, log)
         _world(config)  # registers the synthetic languages in this process
         paths = st.run("data", lambda: prepare_data(config, workdir))
