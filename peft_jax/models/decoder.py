@@ -177,10 +177,10 @@ class DecoderModel:
         prefix = jnp.zeros((b, t), bool) if prefix is None else prefix.astype(bool)
         prompt = pa.prompts(views, b, ctx.dtype)
         p_len = 0
-        if prompt is not None:  # soft prompt prepended; it belongs to the bidirectional prefix
+        if prompt is not None:  # soft prompt prepended, read causally (as the KV-cached decoder writes it)
             p_len = prompt.shape[1]
             x = jnp.concatenate([prompt, x], axis=1)
-            prefix = jnp.concatenate([jnp.ones((b, p_len), bool), prefix], axis=1)
+            prefix = jnp.concatenate([jnp.zeros((b, p_len), bool), prefix], axis=1)
         n = t + p_len
         pos = jnp.broadcast_to(jnp.arange(n), (b, n))
         causal = jnp.arange(n)[None, :, None] >= jnp.arange(n)[None, None, :]

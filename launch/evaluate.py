@@ -1,0 +1,42 @@
+"""Decodes XL-Sum with a base and (composed) PEFT modules, scores it, writes predictions, tables and a plot.
+
+  python launch/evaluate.py --config=configs/evaluate.py:runlocal --workdir=/tmp/eval
+
+A thin entry point over peft_jax.evaluate.evaluate; see configs/evaluate.py for every setting.
+"""
+
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from peft_jax import evaluate  # noqa: E402
+from peft_jax.train import config_lib  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Evaluation config, e.g. configs/evaluate.py:runlocal")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for predictions/, results.{md,csv,png}, config.json.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+    try:
+        evaluate.evaluate(_CONFIG.value, _WORKDIR.value)
+    except (ValueError, FileNotFoundError) as err:  # bad settings or data: one clear line, no traceback
+        sys.exit(f"evaluate: {type(err).__name__}: {err}")
+    with open(os.path.join(_WORKDIR.value, "results.md"), encoding="utf-8") as f:
+        print(f.read())
+
+
+if __name__ == "__main__":
+    try:
+        config_lib.check_overrides(sys.argv)  # names an unknown --config.<field> with the close ones
+    except config_lib.ConfigError as e:
+        sys.exit(f"error: {e}")
+    app.run(main)
