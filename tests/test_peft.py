@@ -254,3 +254,17 @@ def test_hf_peft_lora_imports_with_equal_logits(tmp_path):
         ref = pm.eval()(input_ids=torch.tensor(toks)).logits.numpy()
     ours = np.asarray(model.logits(params, {"decoder_input_tokens": jnp.asarray(toks)}, peft=module))
     assert np.abs(ours - ref).max() <= 1e-4
+
+
+@pytest.mark.parametrize("family", ["prompt", "lora", "adapter"])
+def test_cached_decoding_equals_full_logits_with_a_module(family):
+    """The KV-cached path (decode_init + decode_step) sees a module exactly as model.logits does."""
+    model = get_model("palm_tiny")
+    params = model.init(jax.random.key(0))
+    module = _perturb(peft.init(model, FAMILIES[family], jax.random.key(1), params=params))
+    toks = jnp.asarray(np.random.default_rng(0).integers(2, 200, (2, 6)))
+    full = model.logits(params, {"decoder_input_tokens": toks}, peft=module)
+    state = model.decode_init(params, {"decoder_input_tokens": toks}, 8, peft=module)
+    first, state = model.decode_step(params, state, toks[:, :4], peft=module)
+    rest, _ = model.decode_step(params, state, toks[:, 4:], peft=module)
+    np.testing.assert_allclose(jnp.concatenate([first, rest], axis=1), full, atol=1e-4)
