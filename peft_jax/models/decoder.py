@@ -82,7 +82,9 @@ class DecoderModel:
         else:
             layer.update(pre_attention_norm=norm(), pre_mlp_norm=norm())
         specs = {f"layers_{i}": layer for i in range(c.num_layers)}
-        specs["token_embedder"] = {"embedding": ParamSpec((c.vocab_size, d), ("vocab", "embed"))}
+        # A tied table also projects to logits: unit-variance rows would give logits of scale sqrt(d) at init.
+        emb_std = d**-0.5 if c.tie_word_embeddings and not c.embed_scale else 1.0
+        specs["token_embedder"] = {"embedding": ParamSpec((c.vocab_size, d), ("vocab", "embed"), stddev=emb_std)}
         specs["final_norm"] = norm()
         if not c.tie_word_embeddings:
             specs["logits_dense"] = {"kernel": ParamSpec((d, c.vocab_size), ("embed", "vocab"), stddev=d**-0.5)}

@@ -143,10 +143,18 @@ def fingerprint(params: dict) -> str:
     h = hashlib.sha256()
     for path, leaf in sorted(tu.flatten(params).items()):
         h.update(f"{path}:{tuple(leaf.shape)}:{jnp.dtype(leaf.dtype).name};".encode())
-        flat = leaf.reshape(-1)
-        sample = flat[:: max(1, flat.shape[0] // 64)][:64]
-        h.update(np.asarray(sample, dtype=np.float32).tobytes())
+        h.update(np.asarray(_sample(leaf), dtype=np.float32).tobytes())
     return h.hexdigest()[:16]
+
+
+def _sample(leaf, n: int = 64):
+    """≤ n evenly strided values of a leaf; for an array split across hosts, gathered replicated in a jit."""
+    stride = max(1, int(np.prod(leaf.shape)) // n)
+    take = lambda x: x.reshape(-1)[::stride][:n]
+    if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+        replicated = jax.sharding.NamedSharding(leaf.sharding.mesh, jax.sharding.PartitionSpec())
+        return jax.jit(take, out_shardings=replicated)(leaf)
+    return take(leaf)
 
 
 def check_base(params: dict, module: Module) -> None:

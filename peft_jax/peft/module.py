@@ -111,7 +111,7 @@ class SparseConfig:
     """Sparse fine-tuning (LT-SFT): a delta on `density` of the entries of matching base leaves.
 
     The entries are chosen by magnitude of change after a short dense phase
-    (`peft_jax.peft.sparse.select`); until then `init` picks none.
+    (`peft_jax.train.sparse.select`); until then `init` picks none.
     """
 
     targets: str = r".*(attention|mlp)/\w+/kernel$"

@@ -1,0 +1,342 @@
+"""The training loop: a PEFT module trained on a frozen, sharded base, resumable and multi-host.
+
+    result = train(config, workdir)        # config: configs/train.py:get_config(...)
+    result.module                           # also at workdir/final_module (peft.load)
+
+One run = one or two phases (sparse fine-tuning first trains a dense delta,
+then keeps its top entries, see `peft_jax.train.sparse`); each phase has its
+own module structure, optimizer and compiled step. Checkpoints hold the PEFT
+params, the optimizer state, the RNG and each process's data position, so a
+restarted run continues bit-exactly where the last checkpoint left off.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+import time
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+from peft_jax import peft as peft_lib
+from peft_jax.models import get_model
+from peft_jax.train import checkpoints, config_lib, inputs, losses, optimizers, partitioning, reporting, sparse
+from peft_jax.train import step as step_lib
+
+
+Hook = Callable[[int, dict], None]
+
+
+class WorkdirError(ValueError):
+    """The work directory cannot be created or written."""
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A step produced a NaN/Inf loss or gradient; the run stopped with its last good checkpoint kept."""
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What a finished run returns (the module is also saved at workdir/final_module)."""
+
+    module: peft_lib.Module
+    params: dict
+    model: object
+    step: int
+    metrics: dict
+    workdir: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+    """Steps [start, stop) train one module structure: 'main', or LT-SFT's 'dense' then 'sparse'."""
+
+    name: str
+    start: int
+    stop: int
+
+
+# ------------------------------------------------------------------------------------ setup
+def initialize_distributed(cfg) -> None:
+    """jax.distributed.initialize from the config's `distributed` section (before any other JAX call)."""
+    if not cfg.enabled:
+        return
+    if cfg.cpu_collectives:  # CPU all-reduces across processes need an explicit implementation
+        jax.config.update("jax_cpu_collectives_implementation", cfg.cpu_collectives)
+    kwargs = {"coordinator_address": cfg.coordinator_address or None,
+              "num_processes": cfg.num_processes if cfg.num_processes > 0 else None,
+              "process_id": cfg.process_id if cfg.process_id >= 0 else None}
+    jax.distributed.initialize(**kwargs)
+
+
+def check_workdir(workdir: str) -> str:
+    """Creates `workdir` if needed and proves it is writable; returns its absolute path."""
+    path = os.path.abspath(os.fspath(workdir))
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise WorkdirError(f"workdir {path!r} is not writable ({e.strerror or e}); "
+                           "choose a directory you can write to") from None
+    return path
+
+
+def rules_of(config) -> tuple:
+    """Logical-axis rules from the config (tuples of (logical name, mesh axes))."""
+    return tuple((name, tuple(axes) if isinstance(axes, list) else axes) for name, axes in config.logical_axis_rules)
+
+
+def build_model(config, tok, mesh, rules):
+    """(model, base params): a pretrained checkpoint, or a preset initialised directly into its sharding."""
+    mcfg = config.model
+    if mcfg.checkpoint:
+        model, params = partitioning.load_base(mcfg.checkpoint, mesh, rules, compute_dtype=mcfg.dtype)
+        if tok is not None and tok.vocab_size > model.config.vocab_size:
+            raise config_lib.ConfigError(f"tokenizer has {tok.vocab_size} ids but the checkpoint's vocabulary "
+                                         f"has {model.config.vocab_size}")
+        return model, params
+    overrides = {"dtype": mcfg.dtype}
+    if tok is not None:
+        overrides["vocab_size"] = tok.vocab_size
+    model = get_model(mcfg.name, **overrides)
+    return model, partitioning.init_base(model, jax.random.PRNGKey(mcfg.init_seed), mesh, rules)
+
+
+def plan_phases(config) -> list[Phase]:
+    """[main] or, for sparse fine-tuning with a dense phase, [dense, sparse]."""
+    n = int(config.num_steps)
+    dense = int(round(float(config.peft.sparse.dense_fraction) * n)) if config.peft.family == "sparse" else 0
+    dense = min(dense, n - 1)  # at least one step of the sparse phase, so the module is always selected
+    if dense == 0:
+        return [Phase("main" if config.peft.family != "sparse" else "sparse", 0, n)]
+    return [Phase("dense", 0, dense), Phase("sparse", dense, n)]
+
+
+def phase_at(phases: Sequence[Phase], step: int) -> Phase:
+    """The phase that runs the step after `step` completed steps (the last one once training ended)."""
+    return next((p for p in phases if p.start <= step < p.stop), phases[-1])
+
+
+# ------------------------------------------------------------------------------- the state
+@dataclasses.dataclass
+class _Static:
+    """Everything fixed for the whole run."""
+
+    config: object
+    model: object
+    params: dict
+    mesh: object
+    rules: tuple
+    pcfg: object
+    repl: object
+    params_sharding: object
+    batch_sharding: object
+    fold_in: Callable  # per-step dropout key, replicated on the mesh
+
+
+@dataclasses.dataclass
+class _PhaseRun:
+    """One phase's module, optimizer and compiled steps."""
+
+    phase: Phase
+    module: peft_lib.Module
+    opt_state: object
+    schedule: Callable
+    step_fn: Callable
+    eval_fn: Callable
+
+
+def _module_fn(s: _Static, phase: Phase):
+    """A function (rng, params, previous module or None) -> the phase's fresh module."""
+    def make(rng, params, previous=None):
+        if phase.name == "dense":
+            return sparse.dense_module(s.model, s.pcfg)
+        if phase.name == "sparse" and previous is not None:
+            return sparse.select(previous, s.pcfg.density)
+        return peft_lib.init(s.model, s.pcfg, rng, params=params)
+
+    return make
+
+
+def _start_phase(s: _Static, phase: Phase, rng, previous=None) -> _PhaseRun:
+    """Creates the phase's module (placed in its sharding), optimizer state and jitted steps."""
+    make = _module_fn(s, phase)
+    abstract = jax.eval_shape(make, rng, s.params, previous)
+    peft_sh = partitioning.peft_shardings(s.model, abstract, s.mesh, s.rules, s.config.peft.sharding)
+    module = jax.jit(make, out_shardings=peft_sh)(rng, s.params, previous)
+    optimizer, schedule = optimizers.make_optimizer(s.config.optimizer, phase.stop - phase.start)
+    opt_state = step_lib.init_opt_state(optimizer, module, s.mesh)
+    opt_sh = step_lib.shardings_of(opt_state)
+    step_fn = step_lib.jit_train_step(model=s.model, optimizer=optimizer, peft_sharding=peft_sh, opt_sharding=opt_sh,
+                                      params_sharding=s.params_sharding, batch_sharding=s.batch_sharding,
+                                      scalar_sharding=s.repl, z_loss=s.config.z_loss,
+                                      micro_batches=s.config.micro_batches)
+    eval_fn = step_lib.jit_eval_step(model=s.model, peft_sharding=peft_sh, params_sharding=s.params_sharding,
+                                     batch_sharding=s.batch_sharding, out_sharding=s.repl, z_loss=s.config.z_loss)
+    return _PhaseRun(phase, module, opt_state, schedule, step_fn, eval_fn)
+
+
+def _abstract(tree):
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+
+
+def _restore(ckpts: checkpoints.Checkpoints, step: int, run: _PhaseRun, rng, it) -> tuple[_PhaseRun, jax.Array]:
+    """Loads the checkpoint of `step` into a freshly started phase (shapes and shardings from it)."""
+    state = {"peft": run.module.params, "opt_state": run.opt_state, "rng": rng}
+    restored, data_state = ckpts.restore(step, _abstract(state))
+    it.set_state(data_state)
+    run = dataclasses.replace(run, module=run.module.replace(params=restored["peft"]),
+                              opt_state=restored["opt_state"])
+    return run, restored["rng"]
+
+
+def base_fingerprint(params: dict) -> str:
+    """`peft.fingerprint` of the base, also when its leaves are split across processes.
+
+    A leaf that spans other hosts' devices cannot be read locally; those runs
+    gather the base to host memory first (once per run).
+    """
+    if all(x.is_fully_addressable for x in jax.tree.leaves(params)):
+        return peft_lib.fingerprint(params)
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    return peft_lib.fingerprint(jax.tree.map(lambda x: multihost_utils.process_allgather(x, tiled=True), params))
+
+
+# ------------------------------------------------------------------------------- the steps
+def _evaluate(s: _Static, run: _PhaseRun, tok, shard) -> dict:
+    """Mean loss / accuracy over the first `eval_steps` held-out batches (the same ones every time)."""
+    cfg = s.config
+    it = inputs.make_iterator(cfg.data, s.model, cfg.objective, tok, shard, "eval", cfg.seed)
+    total = None
+    for _ in range(cfg.eval_steps):
+        host = losses.prepare_batch(next(it), s.model.family, cfg.objective, s.model.config.pad_id)
+        sums = run.eval_fn(run.module, s.params, partitioning.global_batch(host, s.mesh, cfg.batch_size, s.rules))
+        total = sums if total is None else jax.tree.map(jnp.add, total, sums)
+    total = jax.device_get(total)
+    w = max(float(total["weight"]), 1.0)
+    return {"eval_loss": float(total["nll"]) / w, "eval_accuracy": float(total["correct"]) / w}
+
+
+def _one_step(s: _Static, run: _PhaseRun, host_batch: dict, rng, step: int) -> tuple[_PhaseRun, dict]:
+    """Runs train step number `step` (0-based) and returns host metrics."""
+    cfg = s.config
+    batch = losses.prepare_batch(host_batch, s.model.family, cfg.objective, s.model.config.pad_id)
+    batch = partitioning.global_batch(batch, s.mesh, cfg.batch_size, s.rules)
+    step_rng = s.fold_in(rng, step)
+    t0 = time.perf_counter()
+    module, opt_state, metrics = run.step_fn(run.module, run.opt_state, s.params, batch, step_rng)
+    metrics = {k: np.asarray(v).item() for k, v in jax.device_get(metrics).items()}
+    dt = time.perf_counter() - t0
+    if not metrics["finite"]:
+        raise NonFiniteLossError(f"non-finite loss or gradient at step {step + 1} (loss={metrics['loss']}, "
+                                 f"grad_norm={metrics['grad_norm']}); stopped without saving it: the last "
+                                 f"good checkpoint is kept")
+    metrics.update(step_time=dt, tokens_per_sec=metrics["tokens"] / max(dt, 1e-9),
+                   learning_rate=float(run.schedule(step - run.phase.start)))
+    return dataclasses.replace(run, module=module, opt_state=opt_state), metrics
+
+
+def _save(ckpts, step: int, run: _PhaseRun, rng, it) -> None:
+    ckpts.save(step, {"peft": run.module.params, "opt_state": run.opt_state, "rng": rng}, it.get_state())
+
+
+def _export(s: _Static, run: _PhaseRun, workdir: str, fingerprint: str, step: int) -> peft_lib.Module:
+    """Saves the final module (replicated first, so process 0 holds every value) with its provenance."""
+    module = jax.jit(lambda m: m, out_shardings=s.repl)(run.module)
+    cfg = s.config
+    meta = {"base_fingerprint": fingerprint, "model": cfg.model.checkpoint or cfg.model.name,
+            "objective": cfg.objective, "language": cfg.data.language, "data_source": cfg.data.source,
+            "steps": step, "seed": cfg.seed}
+    module = module.with_metadata(**meta)
+    if jax.process_index() == 0:
+        peft_lib.save(os.path.join(workdir, "final_module"), module, overwrite=True)
+    return module
+
+
+# -------------------------------------------------------------------------------- the loop
+def _setup(config, workdir: str):
+    """Mesh, tokenizer, model, base params and shardings of a run."""
+    config_lib.check_values(config)
+    mesh = partitioning.make_mesh(dict(config.mesh))
+    rules = rules_of(config)
+    partitioning.check_batch(config.batch_size, mesh, rules, config.micro_batches)
+    tok = inputs.build_tokenizer(config.data, config.objective, workdir)
+    model, params = build_model(config, tok, mesh, rules)
+    losses.required_keys(model.family, config.objective)
+    repl = partitioning.replicated(mesh)
+    batch_sh = jax.sharding.NamedSharding(mesh, partitioning.batch_spec(rules))
+    s = _Static(config, model, params, mesh, rules, config_lib.peft_config(config.peft), repl,
+                step_lib.shardings_of(params), batch_sh, jax.jit(jax.random.fold_in, out_shardings=repl))
+    shard = inputs.Shard(partitioning.local_rows(mesh, config.batch_size, rules), config.batch_size)
+    return s, tok, shard
+
+
+def train(config, workdir: str, *, hooks: Sequence[Hook] = (),
+          train_iter: inputs.BatchIterator | None = None) -> TrainResult:
+    """Trains the configured PEFT module; resumes from workdir's latest checkpoint if there is one.
+
+    hooks: called as hook(completed_steps, metrics) after every step, on every process.
+    train_iter: batches to train on instead of the config's data section (this
+      process's rows of each global batch; see `inputs.BatchIterator`).
+    Raises NonFiniteLossError (naming the step) on a NaN/Inf loss, keeping the last good checkpoint.
+    """
+    initialize_distributed(config.distributed)
+    workdir = check_workdir(workdir)
+    s, tok, shard = _setup(config, workdir)
+    phases = plan_phases(config)
+    rng = jax.jit(lambda: jax.random.PRNGKey(config.seed), out_shardings=s.repl)()
+    it = train_iter or inputs.make_iterator(config.data, s.model, config.objective, tok, shard, "train", config.seed)
+    ckpts = checkpoints.Checkpoints(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
+    start = ckpts.latest_step() or 0
+    run = _start_phase(s, phase_at(phases, start), rng)
+    if start:
+        run, rng = _restore(ckpts, start, run, rng, it)
+        if jax.process_index() == 0:
+            print(f"resumed from the checkpoint of step {start} in {workdir}", flush=True)
+    writer = reporting.MetricWriter(workdir, enabled=jax.process_index() == 0, tensorboard=config.tensorboard)
+    fingerprint = base_fingerprint(s.params)
+    try:
+        run, metrics = _run_steps(s, run, phases, start, rng, it, tok, shard, ckpts, writer, hooks)
+        _save(ckpts, int(config.num_steps), run, rng, it)
+    finally:
+        ckpts.close()
+        writer.close()
+    module = _export(s, run, workdir, fingerprint, int(config.num_steps))
+    if jax.process_index() == 0:
+        reporting.plot_losses(workdir)
+    return TrainResult(module, s.params, s.model, int(config.num_steps), metrics, workdir)
+
+
+def _run_steps(s, run, phases, start, rng, it, tok, shard, ckpts, writer, hooks):
+    """Steps start..num_steps: logging, evaluation, checkpoints and the switch between phases."""
+    cfg = s.config
+    log_counts = lambda step: writer.write(step, {f"params_{k}": v for k, v in
+                                                  peft_lib.count(s.params, run.module).items()})
+    log_counts(start)
+    bar = tqdm(total=cfg.num_steps, initial=start, disable=jax.process_index() != 0 or not cfg.progress_bar,
+               desc="train", dynamic_ncols=True)
+    metrics: dict = {}
+    for step in range(start, cfg.num_steps):
+        run, metrics = _one_step(s, run, next(it), rng, step)
+        done = step + 1
+        if done == run.phase.stop and done < cfg.num_steps:  # LT-SFT: dense phase over, keep the top entries
+            run = _start_phase(s, phase_at(phases, done), rng, previous=run.module)
+            log_counts(done)
+        for hook in hooks:
+            hook(done, metrics)
+        if cfg.eval_every and cfg.eval_steps and (done % cfg.eval_every == 0 or done == cfg.num_steps):
+            metrics.update(_evaluate(s, run, tok, shard))
+        if done % cfg.log_every == 0 or done == cfg.num_steps or "eval_loss" in metrics:
+            writer.write(done, metrics)
+        if done % cfg.checkpoint_every == 0:
+            _save(ckpts, done, run, rng, it)
+        bar.update(1)
+        bar.set_postfix(loss=f"{metrics['loss']:.4f}", refresh=False)
+    bar.close()
+    return run, metrics

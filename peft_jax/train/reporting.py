@@ -1,0 +1,86 @@
+"""Run metrics: JSON lines and TensorBoard from process 0, and the loss-curve plot at the end."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+
+
+class MetricWriter:
+    """Appends `{"step": s, name: value, ...}` lines to metrics.jsonl and scalars to TensorBoard.
+
+    Only the writer with `enabled=True` (process 0) touches the files. A resumed
+    run appends; readers keep the last record of a step (`read_metrics`).
+    """
+
+    def __init__(self, workdir: str, enabled: bool = True, tensorboard: bool = True):
+        self.enabled = enabled
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        self._tb = None
+        if enabled and tensorboard:
+            from tensorboardX import SummaryWriter  # imported lazily: it is slow to import
+            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+    def write(self, step: int, metrics: dict) -> None:
+        if not self.enabled:
+            return
+        clean = {k: _plain(v) for k, v in metrics.items()}
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"step": int(step), **clean}, sort_keys=True) + "\n")
+        if self._tb is not None:
+            for k, v in clean.items():
+                if isinstance(v, (int, float)):
+                    self._tb.add_scalar(k, v, int(step))
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+def _plain(v):
+    """JSON-friendly scalar (numpy/jax scalars -> int/float; NaN/Inf kept as strings)."""
+    v = np.asarray(v).item() if hasattr(v, "shape") or isinstance(v, np.generic) else v
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    return v
+
+
+def read_metrics(workdir: str) -> dict[int, dict]:
+    """{step: merged metrics} from metrics.jsonl (later lines win: a resumed run rewrites steps)."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    out: dict[int, dict] = {}
+    if not os.path.exists(path):
+        return out
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                record = json.loads(line)
+                out.setdefault(record.pop("step"), {}).update(record)
+    return out
+
+
+def plot_losses(workdir: str, filename: str = "loss_curve.png") -> str | None:
+    """Writes the train (and eval) loss curves to workdir/filename; None if nothing was logged."""
+    records = read_metrics(workdir)
+    series = {k: [(s, r[k]) for s, r in sorted(records.items()) if isinstance(r.get(k), (int, float))]
+              for k in ("loss", "eval_loss")}
+    if not series["loss"]:
+        return None
+    import matplotlib  # pylint: disable=import-outside-toplevel
+    matplotlib.use("Agg")  # no display on training machines
+    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, points in series.items():
+        if points:
+            ax.plot(*zip(*points), marker="o" if name == "eval_loss" else None, label=name)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats / token)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    path = os.path.join(workdir, filename)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return path
