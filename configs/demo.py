@@ -29,11 +29,11 @@ def get_config(arg: str = ""):
     c = ml_collections.ConfigDict()
     c.seed = 0  # every stage's seed (data order, initialisation, bootstrap)
     c.source_language = "syn_en"  # the labeled source language (task module trained here)
-    c.target_languages = ["syn_wes", "syn_mod", "syn_eos"]  # zero-shot targets: no training labels
-    c.labeled_languages = ["syn_en", "syn_mid", "syn_eas"]  # task modules (multi-source uses the related ones)
-    c.recipes = ["task_only", "add", "weighted", "analogy", "stack", "multi_source"]
+    c.target_languages = ("syn_wes", "syn_mod", "syn_eos")  # zero-shot targets: no training labels
+    c.labeled_languages = ("syn_en", "syn_mid", "syn_eas")  # task modules (multi-source uses the related ones)
+    c.recipes = ("task_only", "add", "weighted", "analogy", "stack", "multi_source")
     c.strategy = "param"  # composition strategy for LoRA (param = the paper's element-wise arithmetic)
-    c.lambdas = [0.25, 0.5, 0.75, 1.0]  # λ grid, chosen per target on its validation split
+    c.lambdas = (0.25, 0.5, 0.75, 1.0)  # λ grid, chosen per target on its validation split
     c.multi_source_by = "family"  # related-language criterion: family | genus | script | typology
     c.multi_source_lang_weight = 1.0  # weight of the target's language module in multi_source
 

@@ -54,11 +54,12 @@ def get_config(arg: str = ""):
     c.source_language = "english"
     c.target_languages = args.get("targets", "marathi+urdu" if runlocal else
                                   "+".join(_XLSUM_TARGETS)).split("+")
-    c.labeled_languages = args.get("labeled", "english+hindi" if runlocal else "english").split("+")
+    c.target_languages = tuple(c.target_languages)
+    c.labeled_languages = tuple(args.get("labeled", "english+hindi" if runlocal else "english").split("+"))
     if len(c.labeled_languages) < 2:  # related-language mixes need task modules of other labeled languages
-        c.recipes = [r for r in c.recipes if r != "multi_source"]
+        c.recipes = tuple(r for r in c.recipes if r != "multi_source")
     c.multi_source_by = "genus"
-    c.lambdas = [0.25, 0.5, 0.75, 1.0]
+    c.lambdas = (0.25, 0.5, 0.75, 1.0)
 
     c.data.kind = "xlsum"
     c.data.xlsum_dir = str(_SHARED / "xlsum") if runlocal else ""

@@ -111,6 +111,8 @@ class _Registry:
                 raise LanguageClashError(
                     f"code {code!r} of language {language.name!r} is already used by "
                     f"{owner.name!r} ({', '.join(owner.codes())})")
+        if self.languages.get(language.name) == language:
+            return  # registered again (e.g. a second World): keep the first object everywhere
         self.languages[language.name] = language
         for code in unique + shareable:
             self.index.setdefault(_normalize(code), language)

@@ -11,9 +11,6 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 SHARED_DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: long-running soak tests (run with -m slow)")
-
 
 @pytest.fixture(scope="session")
 def shared_data() -> pathlib.Path:

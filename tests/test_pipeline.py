@@ -29,7 +29,7 @@ def _config(name: str, arg: str = "runlocal", **overrides):
 
 
 # A smaller demo: one target and its related labeled language, two λ.
-SMALL = dict(target_languages=["syn_mod"], labeled_languages=["syn_en", "syn_mid"], lambdas=[0.5, 1.0])
+SMALL = dict(target_languages=("syn_mod",), labeled_languages=("syn_en", "syn_mid"), lambdas=(0.5, 1.0))
 SMALL_ARGS = ["--config.target_languages=('syn_mod',)", "--config.labeled_languages=('syn_en','syn_mid')",
               "--config.lambdas=(0.5,1.0)"]
 
@@ -119,7 +119,7 @@ def test_real_xlsum_config_runlocal_runs_on_the_real_samples(name, tmp_path):
 
 def test_resuming_with_another_config_is_refused(demo_run):
     workdir = demo_run[0]
-    other = _config("demo", **{**SMALL, "lambdas": [0.25, 1.0]})
+    other = _config("demo", **{**SMALL, "lambdas": (0.25, 1.0)})
     with pytest.raises(experiment.ConfigMismatchError, match=r"another config \(differs in \['lambdas/0'"):
         experiment.run(other, workdir, log=lambda _: None)
 

@@ -49,16 +49,14 @@ def to_markdown(rows: Sequence[dict]) -> str:
 
 def bar_plot(rows: Sequence[dict], path: str, metric: str = "rougeL") -> None:
     """Grouped bars: one group per language, one bar per recipe, with bootstrap intervals."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.figure import Figure  # no pyplot: leaves the caller's backend (e.g. a notebook's) alone
 
     langs = sorted({r["language"] for r in rows})
     recipes = list(dict.fromkeys(r["recipe"] for r in rows))
     width = 0.8 / max(len(recipes), 1)
-    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(langs) * max(1, len(recipes) / 4)), 4))
+    fig = Figure(figsize=(max(6, 1.6 * len(langs) * max(1, len(recipes) / 4)), 4))
+    ax = fig.subplots()
     for j, recipe in enumerate(recipes):
         vals, errs = [], [[], []]
         for lang in langs:
@@ -74,18 +72,15 @@ def bar_plot(rows: Sequence[dict], path: str, metric: str = "rougeL") -> None:
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def sweep_plot(sweeps: dict[str, dict[str, Sequence[tuple[float, float]]]], path: str, ylabel: str) -> None:
     """One panel per recipe: validation score against λ, one line per language; chosen λ marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     recipes = list(sweeps)
-    fig, axes = plt.subplots(1, max(1, len(recipes)), figsize=(4.2 * max(1, len(recipes)), 3.4), squeeze=False)
+    fig = Figure(figsize=(4.2 * max(1, len(recipes)), 3.4))
+    axes = fig.subplots(1, max(1, len(recipes)), squeeze=False)
     for ax, recipe in zip(axes[0], recipes):
         for lang, points in sorted(sweeps[recipe].items()):
             xs, ys = zip(*points)
@@ -98,7 +93,6 @@ def sweep_plot(sweeps: dict[str, dict[str, Sequence[tuple[float, float]]]], path
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def write_results(workdir: str, rows: Sequence[dict]) -> tuple[str, str]:
