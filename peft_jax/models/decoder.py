@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from peft_jax.models import layers as L
-from peft_jax.models.spec import ParamSpec, init_params, abstract_params, logical_axes
+from peft_jax.models.spec import ParamSpec, SpecModel
 from peft_jax.peft import apply as pa
 
 
@@ -54,7 +54,7 @@ class DecoderConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class DecoderModel:
+class DecoderModel(SpecModel):
     """The decoder-only model. Hashable, so it can be closed over by jitted functions."""
 
     config: DecoderConfig
@@ -89,19 +89,6 @@ class DecoderModel:
         if not c.tie_word_embeddings:
             specs["logits_dense"] = {"kernel": ParamSpec((d, c.vocab_size), ("embed", "vocab"), stddev=d**-0.5)}
         return specs
-
-    def init(self, rng: jax.Array) -> dict:
-        return init_params(self.param_specs(), rng)
-
-    def abstract_params(self) -> dict:
-        return abstract_params(self.param_specs())
-
-    def logical_axes(self) -> dict:
-        return logical_axes(self.param_specs())
-
-    @property
-    def dtype(self):
-        return jnp.dtype(self.config.dtype)
 
     # ------------------------------------------------------------------ layers
     def _norm(self, x, p, views, key, ctx):

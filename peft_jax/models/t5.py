@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from peft_jax.models import layers as L
-from peft_jax.models.spec import ParamSpec, init_params, abstract_params, logical_axes
+from peft_jax.models.spec import ParamSpec, SpecModel
 from peft_jax.peft import apply as pa
 
 
@@ -70,7 +70,7 @@ def _relpos(c: T5Config) -> dict:
 
 
 @dataclasses.dataclass(frozen=True)
-class T5Model:
+class T5Model(SpecModel):
     """The encoder-decoder. Hashable, so it can be closed over by jitted functions."""
 
     config: T5Config
@@ -94,19 +94,6 @@ class T5Model:
                                                        stddev=c.d_model**-0.5)}
         return {"token_embedder": {"embedding": ParamSpec((c.vocab_size, c.d_model), ("vocab", "embed"))},
                 "encoder": enc, "decoder": dec}
-
-    def init(self, rng: jax.Array) -> dict:
-        return init_params(self.param_specs(), rng)
-
-    def abstract_params(self) -> dict:
-        return abstract_params(self.param_specs())
-
-    def logical_axes(self) -> dict:
-        return logical_axes(self.param_specs())
-
-    @property
-    def dtype(self):
-        return jnp.dtype(self.config.dtype)
 
     def _ctx(self, dropout_rng) -> pa.Ctx:
         return pa.Ctx(dtype=self.dtype, rng=dropout_rng)
