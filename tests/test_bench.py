@@ -67,7 +67,8 @@ def test_benchmark_json_schema(tiny_run):
     have = {(r["case"], r["metric"]) for r in rows}
     for want in [("machine/matmul_f32", "gflops"), ("machine/copy", "gb_per_s"), ("train/lora", "tokens_per_s"),
                  ("train/lora", "peak_rss_mb"), ("train/lora", "mfu"), ("decode/greedy", "tokens_per_s"),
-                 ("compose/param/N=2", "kernel_s"), ("compose/param/N=2", "combine_s")]:
+                 ("compose/param/N=2", "kernel_s"), ("compose/param/N=2", "combine_s"),
+                 ("compose/param/N=2", "kernel_mb")]:
         assert want in have, want
     assert os.path.getsize(workdir / "benchmark.png") > 0
 

@@ -228,7 +228,8 @@ def _compose_jobs(config, workdir) -> list[dict]:
     out = []
     for strategy in c.strategies:
         dense = strategy in c.dense_strategies
-        for n in c.num_modules:
+        limit = dict(_dims(c.max_modules)).get(strategy)
+        for n in [n for n in c.num_modules if limit is None or n <= limit]:
             spec = {**_common(config, workdir, reps=c.reps, warmup=c.warmup), "kind": "compose", "sides": ["ours"],
                     "name": f"compose/{strategy}/N={n}", "strategy": strategy,
                     "options": dict(_dims(c.options).get(strategy, {})), "n": int(n), "rank": int(c.rank),
@@ -350,6 +351,9 @@ def base_config(tiny: bool = False):
         # of mT5-xxl would be 19 GB of output).
         dense_strategies=("delta",),
         options=dict(ties=dict(space="param"), dare=dict(space="param")),
+        # Largest N per strategy on a 2-core, 23 GB machine: svd and ties are compute-bound (minutes
+        # per call at N = 8), dare's dropout masks take N times the inputs' memory again.
+        max_modules=dict(svd=8, ties=8, dare=32),
         rank=8, d_model=64 if tiny else 4096, num_layers=2 if tiny else 24, dense_num_targets=4 if tiny else 8,
         warmup=1, reps=2 if tiny else 3)
     c.machine = dict(matmul_size=256 if tiny else 4096, copy_mbytes=16 if tiny else 1024, reps=3 if tiny else 5)

@@ -216,13 +216,15 @@ def _train_rows(job: dict, results: dict, peak_gflops: float | None) -> list[Row
 
 
 def _compose_rows(job: dict, results: dict, bandwidth: float | None) -> list[Row]:
+    """Composition against its floors: time vs (bytes read + written) / bandwidth, memory vs the result's size."""
     ours = results["ours"]
     check = ours["ready"]["check"]
     floor_s = (check["in_bytes"] + check["out_bytes"]) / bandwidth if bandwidth else None
-    extra = ours["done"]["timed_peak_rss_mb"] - ours["ready"]["ready_rss_mb"]
+    mib = 2.0**20
     return [_pair(job, results, "combine_s", lambda r: r["combine_s"], floor_s),
             _pair(job, results, "kernel_s", lambda r: r["kernel_s"], floor_s),
-            Row(job["name"], "extra_rss_mb", extra, check["out_bytes"] / 2**20)]
+            Row(job["name"], "kernel_mb", check["kernel_bytes"] / mib, check["out_bytes"] / mib),
+            Row(job["name"], "peak_rss_mb", _peak(results, "ours"), (check["in_bytes"] + check["out_bytes"]) / mib)]
 
 
 def rows_of(jobs: list[dict], results: dict[str, dict]) -> list[Row]:
@@ -359,22 +361,34 @@ def plot(rows: list[Row], path: str) -> None:
 
 
 def run(config, workdir: str, log=print) -> list[dict]:
-    """Runs every job of `config` and writes the outputs; returns the rows of benchmark.json."""
+    """Runs every job of `config` and writes the outputs; returns the rows of benchmark.json.
+
+    A job that fails (a worker error, or sides that disagree) is recorded and skipped, so one bad
+    case does not cost an hour of others; once the outputs are written, BenchmarkError lists them.
+    """
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
     all_jobs = cases.jobs(config, workdir)
-    details = {"machine_before": describe_machine(), "config": config.to_dict(), "jobs": {}}
+    details = {"machine_before": describe_machine(), "config": config.to_dict(), "jobs": {}, "failures": {}}
     results = {}
     for i, job in enumerate(all_jobs, 1):
         load = os.getloadavg()
         log(f"[{i}/{len(all_jobs)}] {job['name']} ({', '.join(job['sides'])}), load average {load[0]:.2f}")
         t0 = time.perf_counter()
-        prepare(job, workdir)
-        results[job["name"]] = run_job(job, workdir, dict(config.check))
+        try:
+            prepare(job, workdir)
+            results[job["name"]] = run_job(job, workdir, dict(config.check))
+        except BenchmarkError as e:
+            log(f"FAILED {job['name']}: {e}")
+            details["failures"][job["name"]] = str(e)
+            continue
         details["jobs"][job["name"]] = {"spec": job, "results": results[job["name"]], "load_avg_at_start": load,
                                         "wall_s": time.perf_counter() - t0}
     details["machine_after"] = describe_machine()
-    rows = rows_of(all_jobs, results)
+    rows = rows_of([j for j in all_jobs if j["name"] in results], results)
     write_outputs(workdir, rows, details)
     log(format_table(rows))
+    if details["failures"]:
+        raise BenchmarkError(f"{len(details['failures'])} job(s) failed: {sorted(details['failures'])}; "
+                             f"see {os.path.join(workdir, 'benchmark_details.json')} and {workdir}/logs")
     return [r.to_dict() for r in rows]

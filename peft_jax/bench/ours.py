@@ -193,8 +193,12 @@ def _compose_runner(spec: dict) -> Runner:
         return {"combine_s": t1 - t0, "kernel_s": time.perf_counter() - t1}
 
     def check() -> dict:
+        # XLA's own account of what the kernel allocates beyond its inputs (temporaries + result): exact,
+        # unlike RSS, where the allocator's cached pages from earlier calls hide new allocations.
+        compiled = algebra._compose.lower(inputs, w, extras, plan=plan).compile().memory_analysis()
         out = kernel()[0]
-        return {"in_bytes": _nbytes(inputs), "out_bytes": _nbytes(out), "rank": plan.rank}
+        return {"in_bytes": _nbytes(inputs), "out_bytes": _nbytes(out), "rank": plan.rank,
+                "kernel_bytes": int(compiled.temp_size_in_bytes + compiled.output_size_in_bytes)}
 
     return Runner(check=check, run=run)
 
