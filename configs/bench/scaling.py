@@ -1,7 +1,7 @@
 """Case 6: how the LoRA training step of mT5-small scales with source length, batch size and device count.
 
 Source lengths 128..1024 and batch sizes 1..8 on both sides; 1 vs 8 forced CPU devices
-(--xla_force_host_platform_device_count, base sharded over an fsdp axis) on ours only.
+(--xla_force_host_platform_device_count, vocabulary and MLP split over a tensor-parallel axis) on ours only.
 
   python launch/benchmark.py --config=configs/bench/scaling.py --workdir=/tmp/bench_scaling
   python launch/benchmark.py --config=configs/bench/scaling.py:runlocal \

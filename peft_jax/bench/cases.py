@@ -257,9 +257,9 @@ def _scaling_jobs(config, workdir, case: str) -> list[dict]:
     jobs = []
     for n in s.devices:
         # A fresh process per device count: XLA reads the forced host device count once, at start-up.
-        # The base is sharded over an fsdp axis (its embed dimension), so it is not held once per device.
+        mesh = {"data": 1, "fsdp": 1, "model": 1, s.devices_axis: int(n)}
         job = _train_job(config, workdir, f"scaling/devices={n}", "lora", batch_size=int(s.devices_batch_size),
-                         mesh={"data": 1, "fsdp": int(n), "model": 1}, **kw)
+                         mesh=mesh, **kw)
         job.update(sides=["ours"], env={"XLA_FLAGS": f"--xla_force_host_platform_device_count={int(n)}"})
         jobs.append(job)
     return jobs
@@ -351,15 +351,19 @@ def base_config(tiny: bool = False):
         # of mT5-xxl would be 19 GB of output).
         dense_strategies=("delta",),
         options=dict(ties=dict(space="param"), dare=dict(space="param")),
-        # Largest N per strategy on a 2-core, 23 GB machine: svd and ties are compute-bound (minutes
-        # per call at N = 8), dare's dropout masks take N times the inputs' memory again.
-        max_modules=dict(svd=8, ties=8, dare=32),
+        # Largest N per strategy on a 2-core, 23 GB machine: svd and ties are compute-bound (up to a
+        # minute per call at N = 8); dare's dropout masks and delta's per-module dense updates take
+        # memory proportional to N (7 GB and 17 GB of temporaries at N = 32).
+        max_modules=dict(svd=8, ties=8, dare=32, delta=32),
         rank=8, d_model=64 if tiny else 4096, num_layers=2 if tiny else 24, dense_num_targets=4 if tiny else 8,
         warmup=1, reps=2 if tiny else 3)
     c.machine = dict(matmul_size=256 if tiny else 4096, copy_mbytes=16 if tiny else 1024, reps=3 if tiny else 5)
     c.scaling = dict(src_lens=(16, 32) if tiny else (128, 256, 512, 1024),
                      batch_sizes=(1, 2) if tiny else (1, 2, 4, 8), devices=(1, 8), devices_batch_size=8,
-                     warmup=1, reps=2 if tiny else 3)
+                     # The mesh axis the forced devices form. 'model' (tensor parallel: vocabulary and MLP
+                     # split) needs 4 GB for 8 devices of mT5-small; 'fsdp' all-gathers the base on every
+                     # device (18 GB), 'data' replicates it (11 GB).
+                     devices_axis="model", warmup=1, reps=2 if tiny else 3)
     # Both sides must agree before anything is timed: first two training losses within
     # |ours - reference| <= loss_atol + loss_rtol * |reference|; greedy and beam tokens equal.
     c.check = dict(loss_atol=1e-3, loss_rtol=1e-4)

@@ -285,33 +285,41 @@ def describe_machine() -> dict:
             "versions": versions}
 
 
-def write_outputs(workdir: str, rows: list[Row], details: dict) -> None:
+def _dump(path: str, obj) -> None:
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=1, default=str)
+
+
+def write_outputs(workdir: str, rows: list[Row], jobs: list[dict], details: dict) -> None:
     """benchmark.json (rows), benchmark_details.json and benchmark.png."""
     with open(os.path.join(workdir, "benchmark.json"), "w") as f:
         json.dump([r.to_dict() for r in rows], f, indent=1)
-    with open(os.path.join(workdir, "benchmark_details.json"), "w") as f:
-        json.dump(details, f, indent=1, default=str)
-    plot(rows, os.path.join(workdir, "benchmark.png"))
+    _dump(os.path.join(workdir, "benchmark_details.json"), details)
+    plot(rows, jobs, os.path.join(workdir, "benchmark.png"))
 
 
-def _sweep(rows: list[Row], prefix: str) -> tuple[list[int], list[float | None], list[float | None]]:
-    """(x values, ours, reference) of the step-time rows of one scaling sweep, e.g. 'scaling/batch='."""
-    pts = sorted((int(r.case[len(prefix):]), r.ours, r.reference) for r in rows
-                 if r.case.startswith(prefix) and r.metric == "step_s")
-    return [p[0] for p in pts], [p[1] for p in pts], [p[2] for p in pts]
+def _sweep(rows: list[Row], jobs: list[dict], prefix: str) -> list[tuple[int, float, float | None, float]]:
+    """[(x, ours step s, reference step s, model FLOPs)] of one scaling sweep, e.g. prefix 'scaling/batch='."""
+    flops = {j["name"]: cases.train_flops(j) for j in jobs if j["name"].startswith(prefix)}
+    return sorted((int(r.case[len(prefix):]), r.ours, r.reference, flops[r.case]) for r in rows
+                  if r.case in flops and r.metric == "step_s")
 
 
-def _plot_ratios(ax, rows: list[Row]) -> None:
+def _plot_ratios(ax, rows: list[Row], jobs: list[dict]) -> None:
     pairs = [r for r in rows if r.ratio is not None and not r.case.startswith(("scaling/", "compose/"))
              and r.metric in ("tokens_per_s", "peak_rss_mb", "mfu", "gflops", "gb_per_s")]
-    ax.barh([f"{r.case} {r.metric}" for r in pairs], [r.ratio for r in pairs], color="tab:blue")
+    colors = ["tab:orange" if r.metric == "peak_rss_mb" else "tab:blue" for r in pairs]
+    ax.barh([f"{r.case} {r.metric}" for r in pairs], [r.ratio for r in pairs], color=colors)
     ax.axvline(1.0, color="black", lw=1)
-    ax.set_xscale("log")
-    ax.set_title("ours / reference (throughput: >1 is faster; memory: <1 is smaller)", fontsize=9)
+    for goal, label in ((0.8, "memory goal"), (1.5, "training goal"), (2.0, "decoding goal")):
+        ax.axvline(goal, color="gray", ls=":", lw=1)
+        ax.text(goal, -0.6, label, fontsize=6, ha="center", color="gray")
+    ax.set_title("ours / reference (blue: throughput, >1 is faster; orange: memory, <1 is smaller)", fontsize=8)
+    ax.tick_params(axis="y", labelsize=7)
     ax.invert_yaxis()
 
 
-def _plot_compose(ax, rows: list[Row]) -> None:
+def _plot_compose(ax, rows: list[Row], jobs: list[dict]) -> None:
     by_strategy: dict[str, list[tuple[int, float]]] = {}
     for r in rows:
         if r.case.startswith("compose/") and r.metric == "kernel_s" and r.ratio is not None:
@@ -322,23 +330,31 @@ def _plot_compose(ax, rows: list[Row]) -> None:
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=strategy)
     ax.axhline(2.0, color="gray", ls="--", lw=1, label="goal: 2x floor")
     ax.axhline(1.0, color="black", lw=1)
-    ax.set(xscale="log", yscale="log", xlabel="modules composed (N)", ylabel="time / memory-bandwidth floor")
-    ax.set_title("composition kernel vs bytes/bandwidth", fontsize=9)
+    ax.set(xscale="log", yscale="log", xlabel="modules composed (N)", ylabel="kernel time / memory-bandwidth floor")
+    ax.minorticks_off()
+    ax.set_xticks(sorted({n for pts in by_strategy.values() for n, _ in pts}),
+                  labels=[str(n) for n in sorted({n for pts in by_strategy.values() for n, _ in pts})])
+    ax.set_title("composition kernel vs (bytes read + written) / copy bandwidth", fontsize=8)
     ax.legend(fontsize=7)
 
 
-def _plot_scaling(ax, rows: list[Row], prefix: str, label: str) -> None:
-    x, ours, ref = _sweep(rows, prefix)
-    ax.plot(x, ours, marker="o", label="ours")
-    if any(v is not None for v in ref):
-        ax.plot(x, ref, marker="s", label="reference")
+def _plot_scaling(ax, rows: list[Row], jobs: list[dict], prefix: str, label: str) -> None:
+    pts = _sweep(rows, jobs, prefix)
+    x = [p[0] for p in pts]
+    ax.plot(x, [p[1] for p in pts], marker="o", label="ours")
+    if all(p[2] is not None for p in pts):
+        ax.plot(x, [p[2] for p in pts], marker="s", label="reference")
+    # What the step would take if time were proportional to model FLOPs, anchored at ours' smallest point.
+    ax.plot(x, [pts[0][1] * p[3] / pts[0][3] for p in pts], ls="--", color="gray", label="ours, time ∝ FLOPs")
     ax.set(xscale="log", yscale="log", xlabel=label, ylabel="training step (s)")
-    ax.set_title(f"step time vs {label}", fontsize=9)
+    ax.minorticks_off()
+    ax.set_xticks(x, labels=[str(v) for v in x])
+    ax.set_title(f"LoRA training step vs {label}", fontsize=8)
     ax.legend(fontsize=7)
 
 
-def plot(rows: list[Row], path: str) -> None:
-    """One figure with a panel per kind of result present in `rows`."""
+def plot(rows: list[Row], jobs: list[dict], path: str) -> None:
+    """One figure, a panel per kind of result present: ratios, composition vs floor, scaling sweeps."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
@@ -350,11 +366,15 @@ def plot(rows: list[Row], path: str) -> None:
     if any(r.case.startswith("compose/") for r in rows):
         panels.append(_plot_compose)
     for prefix, label in (("scaling/src_len=", "source length"), ("scaling/batch=", "batch size")):
-        if _sweep(rows, prefix)[0]:
-            panels.append(lambda ax, rows, p=prefix, lab=label: _plot_scaling(ax, rows, p, lab))
-    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(6.5 * max(1, len(panels)), 5), squeeze=False)
-    for ax, draw in zip(axes[0], panels):
-        draw(ax, rows)
+        if _sweep(rows, jobs, prefix):
+            panels.append(lambda ax, rows, jobs, p=prefix, lab=label: _plot_scaling(ax, rows, jobs, p, lab))
+    cols = min(2, max(1, len(panels)))
+    nrows = (len(panels) + cols - 1) // cols or 1
+    fig, axes = plt.subplots(nrows, cols, figsize=(7.5 * cols, 5.5 * nrows), squeeze=False)
+    for ax, draw in zip(axes.flat, panels):
+        draw(ax, rows, jobs)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -384,9 +404,11 @@ def run(config, workdir: str, log=print) -> list[dict]:
             continue
         details["jobs"][job["name"]] = {"spec": job, "results": results[job["name"]], "load_avg_at_start": load,
                                         "wall_s": time.perf_counter() - t0}
+        _dump(os.path.join(workdir, "benchmark_details.json"), details)  # a crash later keeps what was measured
     details["machine_after"] = describe_machine()
-    rows = rows_of([j for j in all_jobs if j["name"] in results], results)
-    write_outputs(workdir, rows, details)
+    done = [j for j in all_jobs if j["name"] in results]
+    rows = rows_of(done, results)
+    write_outputs(workdir, rows, done, details)
     log(format_table(rows))
     if details["failures"]:
         raise BenchmarkError(f"{len(details['failures'])} job(s) failed: {sorted(details['failures'])}; "

@@ -156,12 +156,14 @@ def lora_modules(spec: dict) -> list[peft.Module]:
     paths = cases.compose_paths(spec)
     r, d_in, d_out = spec["rank"], spec["d_in"], spec["d_out"]
     config = peft.LoraConfig(targets=".*", rank=r, alpha=2.0 * r)
+    # One small program per leaf shape, called per leaf: a single jit over all 576 leaves of a module
+    # would take gigabytes to compile and pollute the process's memory before anything is measured.
+    normal = jax.jit(lambda key, shape: 0.02 * jax.random.normal(key, shape), static_argnums=1)
 
-    @jax.jit
     def one(key):
         keys = jax.random.split(key, 2 * len(paths))
-        return peft_jax.tree.unflatten({p: {"lora_a": 0.02 * jax.random.normal(keys[2 * i], (d_in, r)),
-                                            "lora_b": 0.02 * jax.random.normal(keys[2 * i + 1], (r, d_out))}
+        return peft_jax.tree.unflatten({p: {"lora_a": normal(keys[2 * i], (d_in, r)),
+                                            "lora_b": normal(keys[2 * i + 1], (r, d_out))}
                                         for i, p in enumerate(paths)})
 
     key = jax.random.PRNGKey(spec["seed"])
