@@ -136,6 +136,11 @@ class DecoderModel(SpecModel):
         return x
 
     def _forward(self, params, views, ctx, x_BxTxD, pos_BxT, mask_BxTxS, cache=None, index=0):
+        x, new_cache = self._forward_hidden(params, views, ctx, x_BxTxD, pos_BxT, mask_BxTxS, cache, index)
+        return self._logits(params, views, ctx, x), new_cache
+
+    def _forward_hidden(self, params, views, ctx, x_BxTxD, pos_BxT, mask_BxTxS, cache=None, index=0):
+        """Final states [B, T, D] (after the final norm) and the updated cache."""
         c = self.config
         x = ctx.dropout(x_BxTxD, c.dropout_rate, "embed")
         new_cache = None if cache is None else {}
@@ -145,8 +150,7 @@ class DecoderModel(SpecModel):
                                 None if cache is None else cache[key], index)
             if cache is not None:
                 new_cache[key] = lc
-        x = self._norm(x, params, views, "final_norm", ctx)
-        return self._logits(params, views, ctx, x), new_cache
+        return self._norm(x, params, views, "final_norm", ctx), new_cache
 
     def _logits(self, params, views, ctx, x_BxTxD):
         if self.config.tie_word_embeddings:
@@ -158,6 +162,12 @@ class DecoderModel(SpecModel):
     # ---------------------------------------------------------------- public API
     def logits(self, params, batch: dict, peft=None, *, dropout_rng=None) -> jax.Array:
         """Float32 logits [B, T, V] for `decoder_input_tokens` (prefix-LM if `decoder_causal_attention`)."""
+        views = pa.as_views(peft)
+        return self._logits(params, views, pa.Ctx(self.dtype, dropout_rng),
+                            self.hidden(params, batch, peft, dropout_rng=dropout_rng))
+
+    def hidden(self, params, batch: dict, peft=None, *, dropout_rng=None) -> jax.Array:
+        """Final states [B, T, D] of the input tokens (soft-prompt positions dropped): what `logits` projects."""
         views, ctx = pa.as_views(peft), pa.Ctx(self.dtype, dropout_rng)
         tokens = batch["decoder_input_tokens"]
         b, t = tokens.shape
@@ -174,7 +184,18 @@ class DecoderModel(SpecModel):
         pos = jnp.broadcast_to(jnp.arange(n), (b, n))
         causal = jnp.arange(n)[None, :, None] >= jnp.arange(n)[None, None, :]
         mask = causal | (prefix[:, :, None] & prefix[:, None, :])
-        return self._forward(params, views, ctx, x, pos, mask)[0][:, p_len:]
+        return self._forward_hidden(params, views, ctx, x, pos, mask)[0][:, p_len:]
+
+    def frozen_head(self, params, peft=None) -> L.Head | None:
+        """The output projection as a plain kernel, or None when a PEFT module changes it."""
+        views = pa.as_views(peft)
+        if self.config.tie_word_embeddings:
+            if pa.child(views, "token_embedder"):
+                return None
+            return L.Head(params["token_embedder"]["embedding"].astype(self.dtype), True, None)
+        if pa.child(views, "logits_dense"):
+            return None
+        return L.Head(params["logits_dense"]["kernel"].astype(self.dtype), False, None)
 
     def decode_init(self, params, batch: dict | None, max_decode_len: int, peft=None) -> dict:
         """Empty KV caches (soft prompts, if any, already written): positions start after them."""

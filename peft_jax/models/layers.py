@@ -7,7 +7,9 @@ Every projection goes through `peft.apply.linear`, so PEFT modules reach it.
 
 from __future__ import annotations
 
+import functools
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -15,6 +17,16 @@ import jax.numpy as jnp
 from peft_jax.peft import apply as pa
 
 NEG_INF = -1e10
+
+
+class Head(NamedTuple):
+    """A frozen output projection: logits = (x * scale) @ kernel, or @ kernel.T when `transposed`
+    (a tied [V, D] embedding table). Models return one from `frozen_head` when no PEFT module changes
+    the projection, so a loss can stream it over the vocabulary (`train.losses.head_cross_entropy`)."""
+
+    kernel: jax.Array
+    transposed: bool
+    scale: float | None
 
 
 def rms_norm(x_BxTxD, p, views, ctx, eps: float, plus_one: bool = False):
@@ -31,20 +43,67 @@ def split_heads(x_BxTxHK, num_heads: int):
 
 
 def attend(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, bias_BxHxTxS, mask_BxTxS, scale: float):
-    """Dot-product attention with grouped KV heads (G divides H), softmax in float32."""
-    b, t, h, kd = q_BxTxHxK.shape
-    g = k_BxSxGxK.shape[2]
-    q_BxTxGxRxK = q_BxTxHxK.reshape(b, t, g, h // g, kd)
+    """Dot-product attention with grouped KV heads (G divides H), softmax in float32.
+
+    `bias` ([1 or B, H, T, S]) and `mask` ([B, T, S], True = attend) may be None. Under
+    differentiation the backward (`_attend_bwd`) keeps q, k, v and the float32 probabilities per
+    layer. Differentiating the forward as written would also keep the unnormalised exponentials, the
+    broadcast normaliser and a transposed copy of the probabilities: three more [B, H, T, S] buffers
+    per layer. (`jax.checkpoint` of the scores does not help on CPU: XLA schedules the recomputation
+    early, so the recomputed buffers are alive at the same time as before.)
+    """
+    return _attend(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, bias_BxHxTxS, mask_BxTxS, scale)
+
+
+def _probs(q_BxTxGxRxK, k_BxSxGxK, bias_BxHxTxS, mask_BxTxS, scale):
+    b, t, g, r, _ = q_BxTxGxRxK.shape
     logits = jnp.einsum("btgrk,bsgk->bgrts", q_BxTxGxRxK, k_BxSxGxK).astype(jnp.float32) * scale
-    logits = logits.reshape(b, h, t, -1)
+    logits = logits.reshape(b, g * r, t, -1)
     if bias_BxHxTxS is not None:
         logits = logits + bias_BxHxTxS.astype(jnp.float32)
     if mask_BxTxS is not None:
         logits = jnp.where(mask_BxTxS[:, None], logits, NEG_INF)
-    probs = jax.nn.softmax(logits, axis=-1).astype(v_BxSxGxK.dtype)
-    probs_BxGxRxTxS = probs.reshape(b, g, h // g, t, -1)
-    out = jnp.einsum("bgrts,bsgk->btgrk", probs_BxGxRxTxS, v_BxSxGxK)
-    return out.reshape(b, t, h * kd)
+    return jax.nn.softmax(logits, axis=-1).reshape(b, g, r, t, -1)  # [B, G, R, T, S] float32
+
+
+def _grouped(q_BxTxHxK, g: int):
+    b, t, h, kd = q_BxTxHxK.shape
+    return q_BxTxHxK.reshape(b, t, g, h // g, kd)
+
+
+def _attend_fwd(q, k, v, bias, mask, scale):
+    probs = _probs(_grouped(q, k.shape[2]), k, bias, mask, scale)
+    out = jnp.einsum("bgrts,bsgk->btgrk", probs.astype(v.dtype), v)
+    b, t, h, kd = q.shape
+    return out.reshape(b, t, h * kd), (q, k, v, bias, probs)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _attend(q, k, v, bias, mask, scale):
+    return _attend_fwd(q, k, v, bias, mask, scale)[0]
+
+
+def _attend_bwd(scale, res, g_out):
+    q, k, v, bias, probs = res
+    b, t, h, kd = q.shape
+    qg = _grouped(q, k.shape[2])
+    go = g_out.reshape(qg.shape)
+    dv = jnp.einsum("bgrts,btgrk->bsgk", probs.astype(v.dtype), go)
+    dp = jnp.einsum("btgrk,bsgk->bgrts", go, v).astype(jnp.float32)
+    dlogits = probs * (dp - jnp.sum(probs * dp, axis=-1, keepdims=True))  # softmax VJP; masked entries are 0
+    dl = (dlogits * scale).astype(q.dtype)
+    dq = jnp.einsum("bgrts,bsgk->btgrk", dl, k).reshape(q.shape)
+    dk = jnp.einsum("bgrts,btgrk->bsgk", dl, qg)
+    dbias = None
+    if bias is not None:
+        dbias = dlogits.reshape(b, h, t, -1)
+        if bias.shape[0] == 1:
+            dbias = jnp.sum(dbias, axis=0, keepdims=True)
+        dbias = dbias.astype(bias.dtype)
+    return dq, dk.astype(k.dtype), dv.astype(v.dtype), dbias, None
+
+
+_attend.defvjp(_attend_fwd, _attend_bwd)
 
 
 def relative_position_bucket(relative_position, bidirectional: bool, num_buckets: int, max_distance: int):

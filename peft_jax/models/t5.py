@@ -162,6 +162,11 @@ class T5Model(SpecModel):
     # -------------------------------------------------------------------- decoder
     def _decode(self, params, views, ctx, tokens_BxT, encoded, enc_mask_BxS, cache=None):
         """Decoder logits [B, T, V]; with `cache`, the T tokens sit at positions cache['index']..+T."""
+        x, new_cache = self._decode_hidden(params, views, ctx, tokens_BxT, encoded, enc_mask_BxS, cache)
+        return self._logits(params, views, ctx, x), new_cache
+
+    def _decode_hidden(self, params, views, ctx, tokens_BxT, encoded, enc_mask_BxS, cache=None):
+        """Final decoder states [B, T, D] (after the last norm and dropout) and the updated cache."""
         c = self.config
         p, dv = params["decoder"], pa.child(views, "decoder")
         b, t = tokens_BxT.shape
@@ -194,8 +199,7 @@ class T5Model(SpecModel):
             if cache is not None:
                 new_cache[key] = {"self": self_c, "cross": cross_c}
         x = L.rms_norm(x, p["decoder_norm"], pa.child(dv, "decoder_norm"), ctx, c.layer_norm_epsilon)
-        x = ctx.dropout(x, c.dropout_rate, "decoder/final")
-        return self._logits(params, views, ctx, x), new_cache
+        return ctx.dropout(x, c.dropout_rate, "decoder/final"), new_cache
 
     def _logits(self, params, views, ctx, x_BxTxD):
         c = self.config
@@ -211,6 +215,23 @@ class T5Model(SpecModel):
         views, ctx = pa.as_views(peft), self._ctx(dropout_rng)
         encoded, mask = self._encode(params, views, ctx, batch["encoder_input_tokens"])
         return self._decode(params, views, ctx, batch["decoder_input_tokens"], encoded, mask)[0]
+
+    def hidden(self, params, batch: dict, peft=None, *, dropout_rng=None) -> jax.Array:
+        """Teacher-forced final decoder states [B, T, D]: what the output head of `logits` reads."""
+        views, ctx = pa.as_views(peft), self._ctx(dropout_rng)
+        encoded, mask = self._encode(params, views, ctx, batch["encoder_input_tokens"])
+        return self._decode_hidden(params, views, ctx, batch["decoder_input_tokens"], encoded, mask)[0]
+
+    def frozen_head(self, params, peft=None) -> L.Head | None:
+        """The output projection as a plain kernel, or None when a PEFT module changes it."""
+        c, views = self.config, pa.as_views(peft)
+        if c.tie_word_embeddings:
+            if pa.child(views, "token_embedder"):
+                return None
+            return L.Head(params["token_embedder"]["embedding"].astype(self.dtype), True, c.d_model**-0.5)
+        if pa.child(pa.child(views, "decoder"), "logits_dense"):
+            return None
+        return L.Head(params["decoder"]["logits_dense"]["kernel"].astype(self.dtype), False, None)
 
     def decode_init(self, params, batch: dict, max_decode_len: int, peft=None) -> dict:
         """Decoding state: encoder output, its mask, per-layer KV caches and cross K/V (computed once)."""

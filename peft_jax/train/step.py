@@ -51,26 +51,44 @@ def _microbatches(batch: dict, k: int) -> dict:
     return jax.tree.map(split, batch)
 
 
-def _grad_sums(train, static, peft: Module, params, batch, rng, total_weight, *, model, z_loss):
+def batch_loss(model, params: dict, peft, batch: dict, rng=None, z_loss: float = 0.0,
+               stream_head: bool = True) -> tuple[jax.Array, losses.LossSums]:
+    """(differentiable sum of nll + z-loss over the batch's weighted tokens, LossSums).
+
+    With `stream_head` and an output projection no PEFT module touches (`model.frozen_head`), the
+    loss is streamed over chunks of positions (`losses.head_cross_entropy`) and the [B, T, V] logits
+    never exist; otherwise it is `losses.cross_entropy` of the full logits. Both give the same values
+    and gradients with respect to the PEFT parameters.
+    """
+    head = model.frozen_head(params, peft) if stream_head else None
+    targets, weights = batch["decoder_target_tokens"], batch["decoder_loss_weights"]
+    if head is None:
+        logits = model.logits(params, losses.model_inputs(batch), peft, dropout_rng=rng)
+        sums = losses.cross_entropy(logits, targets, weights, z_loss)
+        return sums.nll + sums.z_loss, sums
+    x = model.hidden(params, losses.model_inputs(batch), peft, dropout_rng=rng)
+    return losses.head_cross_entropy(x, head, targets, weights, z_loss)
+
+
+def _grad_sums(train, static, peft: Module, params, batch, rng, total_weight, *, model, z_loss, stream_head):
     """(gradient of the batch's loss sum / total_weight, LossSums) for one micro-batch."""
     def loss_fn(tr):
         module = peft.replace(params=combine(tr, static))
-        logits = model.logits(params, losses.model_inputs(batch), module, dropout_rng=rng)
-        sums = losses.cross_entropy(logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"], z_loss)
-        return (sums.nll + sums.z_loss) / total_weight, sums
+        loss_sum, sums = batch_loss(model, params, module, batch, rng, z_loss, stream_head)
+        return loss_sum / total_weight, sums
 
     (_, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(train)
     return grads, sums
 
 
 def loss_and_grads(peft: Module, params: dict, batch: dict, rng: jax.Array, *, model, z_loss: float = 0.0,
-                   micro_batches: int = 1):
+                   micro_batches: int = 1, stream_head: bool = True):
     """Gradients w.r.t. `trainable(peft.params)` of the token-mean loss, and the batch's LossSums."""
     train, static = trainable(peft.params), frozen(peft.params)
     # The denominator is known before any forward pass: loss weights do not depend on parameters.
     total_weight = jnp.maximum(jnp.sum(batch["decoder_loss_weights"].astype(jnp.float32)), 1.0)
     grad_fn = functools.partial(_grad_sums, train, static, peft, params, total_weight=total_weight, model=model,
-                                z_loss=z_loss)
+                                z_loss=z_loss, stream_head=stream_head)
     if micro_batches == 1:
         return grad_fn(batch, rng)
 
@@ -85,9 +103,11 @@ def loss_and_grads(peft: Module, params: dict, batch: dict, rng: jax.Array, *, m
 
 
 def train_step(peft: Module, opt_state, params: dict, batch: dict, rng: jax.Array, *, model,
-               optimizer: optax.GradientTransformation, z_loss: float = 0.0, micro_batches: int = 1):
+               optimizer: optax.GradientTransformation, z_loss: float = 0.0, micro_batches: int = 1,
+               stream_head: bool = True):
     """One optimizer step on the PEFT module: returns (peft, opt_state, metrics)."""
-    grads, sums = loss_and_grads(peft, params, batch, rng, model=model, z_loss=z_loss, micro_batches=micro_batches)
+    grads, sums = loss_and_grads(peft, params, batch, rng, model=model, z_loss=z_loss, micro_batches=micro_batches,
+                                 stream_head=stream_head)
     train = trainable(peft.params)
     updates, new_opt_state = optimizer.update(grads, opt_state, train)
     new_train = optax.apply_updates(train, updates)
@@ -106,9 +126,7 @@ def train_step(peft: Module, opt_state, params: dict, batch: dict, rng: jax.Arra
 
 def eval_step(peft: Module, params: dict, batch: dict, *, model, z_loss: float = 0.0) -> dict:
     """Loss sums of one held-out batch (no dropout), for averaging over an eval set."""
-    logits = model.logits(params, losses.model_inputs(batch), peft)
-    sums = losses.cross_entropy(logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"], z_loss)
-    return sums._asdict()
+    return batch_loss(model, params, peft, batch, z_loss=z_loss)[1]._asdict()
 
 
 def init_opt_state(optimizer: optax.GradientTransformation, peft: Module, mesh: jax.sharding.Mesh):
@@ -136,14 +154,16 @@ def shardings_of(tree):
 
 
 def jit_train_step(*, model, optimizer, peft_sharding, opt_sharding, params_sharding, batch_sharding,
-                   scalar_sharding, z_loss: float = 0.0, micro_batches: int = 1, donate: bool = True):
+                   scalar_sharding, z_loss: float = 0.0, micro_batches: int = 1, donate: bool = True,
+                   stream_head: bool = True):
     """`train_step` with the configuration bound, jitted with explicit shardings and donation.
 
     The PEFT module and optimizer state are donated (updated in place); the
     base is not, since the same arrays are reused every step. `scalar_sharding`
     (replicated) places the RNG key and the metrics.
     """
-    fn = functools.partial(train_step, model=model, optimizer=optimizer, z_loss=z_loss, micro_batches=micro_batches)
+    fn = functools.partial(train_step, model=model, optimizer=optimizer, z_loss=z_loss, micro_batches=micro_batches,
+                           stream_head=stream_head)
     return jax.jit(fn, in_shardings=(peft_sharding, opt_sharding, params_sharding, batch_sharding, scalar_sharding),
                    out_shardings=(peft_sharding, opt_sharding, scalar_sharding),
                    donate_argnums=(0, 1) if donate else ())
