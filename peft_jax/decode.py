@@ -359,6 +359,18 @@ def _length_penalty(s: DecodeSettings, length):
     return base ** s.length_penalty
 
 
+def top_k_flat(scores_BxKxV, n: int):
+    """`lax.top_k` of the flattened [B, K*V] scores, in two stages: the top n of each beam, then the top
+    n of those K*n. Same scores, indices and tie order (lower flat index first), a quarter of the work
+    of one top-k over K*V entries."""
+    b, k, vocab = scores_BxKxV.shape
+    m = min(n, vocab)  # a beam contributes at most n, and at most its whole vocabulary
+    per_beam, idx = jax.lax.top_k(scores_BxKxV, m)
+    flat_idx = (idx + (jnp.arange(k) * vocab)[None, :, None]).reshape(b, k * m)
+    top, sel = jax.lax.top_k(per_beam.reshape(b, k * m), n)
+    return top, jnp.take_along_axis(flat_idx, sel, axis=1)
+
+
 def _beam_candidates(model, s, params, peft, c, prompt_len):
     """Log-probs of all K*V one-token extensions of the running beams; the best 2K per row."""
     t, (b, k, width) = c["t"], c["seqs"].shape
@@ -370,7 +382,7 @@ def _beam_candidates(model, s, params, peft, c, prompt_len):
     forced = t + 1 < prompt_len
     forced_logp = jnp.where(jnp.arange(vocab) == c["seqs"][:, :1, t + 1, None], 0.0, -jnp.inf)
     logp = jnp.where(forced[:, None, None], forced_logp, logp)
-    top_scores, top_idx = jax.lax.top_k((logp + c["running"][..., None]).reshape(b, k * vocab), 2 * k)
+    top_scores, top_idx = top_k_flat(logp + c["running"][..., None], 2 * k)
     parent, tok = top_idx // vocab, (top_idx % vocab).astype(jnp.int32)
     top_seqs = _gather(c["seqs"], parent).at[:, :, t + 1].set(tok)
     gen_len = t + 2 - prompt_len  # generated tokens including the candidate one
@@ -417,8 +429,23 @@ def _beam_body(model, s, params, peft, prompt_len, c):
         done = done | jnp.all(fin_flag, axis=1)
     flat_parent = (jnp.arange(b)[:, None] * k + _gather(parent, sel)).reshape(-1)
     return {"t": c["t"] + 1, "seqs": _gather(top_seqs, sel), "running": running,
-            "state": jax.tree.map(lambda x: x[flat_parent], state), "fin_seqs": fin_seqs,
+            "state": _reorder(state, flat_parent), "fin_seqs": fin_seqs,
             "fin_scores": fin_scores, "fin_flag": fin_flag, "improvable": improvable, "done": done}
+
+
+def _reorder(state, flat_parent_N):
+    """Moves each beam's state to its chosen parent's. Leaves with one row per example (the encoder's
+    cross-attention K/V, kept once per row by `expand_beams`) are the same for all of a row's beams
+    and stay where they are."""
+    n = flat_parent_N.shape[0]
+    return jax.tree.map(lambda x: x[flat_parent_N] if x.shape[0] == n else x, state)
+
+
+def _expand_beams(model, state, k: int):
+    """The decoding state repeated per beam (the model's own `expand_beams` where it shares parts)."""
+    if hasattr(model, "expand_beams"):
+        return model.expand_beams(state, k)
+    return jax.tree.map(lambda x: jnp.repeat(x, k, axis=0), state)
 
 
 def _beam_search(model, s: DecodeSettings, params, peft, state, seqs, prompt_len):
@@ -429,7 +456,7 @@ def _beam_search(model, s: DecodeSettings, params, peft, state, seqs, prompt_len
     # Only beam 0 starts alive, so the first step does not pick the same token K times.
     running = jnp.where(jnp.arange(k)[None, :] == 0, 0.0, NEG) * jnp.ones((b, 1), jnp.float32)
     carry = {"t": jnp.int32(0), "seqs": beams, "running": running,
-             "state": jax.tree.map(lambda x: jnp.repeat(x, k, axis=0), state), "fin_seqs": beams,
+             "state": _expand_beams(model, state, k), "fin_seqs": beams,
              "fin_scores": jnp.full((b, k), NEG, jnp.float32), "fin_flag": jnp.zeros((b, k), bool),
              "improvable": jnp.ones((b,), bool), "done": jnp.zeros((b,), bool)}
     body = functools.partial(_beam_body, model, s, params, expand_peft(peft, k), prompt_len)

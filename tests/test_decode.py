@@ -327,3 +327,15 @@ def test_bad_batches_raise_clear_errors(t5, palm):
     with pytest.raises(decode.DecodeError, match="decoder_target_tokens"):
         decode.score(*t5, {"encoder_input_tokens": jnp.ones((2, 3), jnp.int32),
                            "decoder_input_tokens": jnp.ones((2, 3), jnp.int32)})
+
+
+def test_two_stage_top_k_equals_one_top_k_over_all_beams_including_ties():
+    rng = np.random.default_rng(0)
+    # Few distinct values, so many ties across and within beams; -inf as for forced tokens.
+    scores = rng.integers(0, 4, size=(3, 4, 9)).astype(np.float32)
+    scores[1, 2] = -np.inf
+    for n in (1, 8, 9, 12):
+        want = jax.lax.top_k(jnp.asarray(scores).reshape(3, -1), n)
+        got = decode.top_k_flat(jnp.asarray(scores), n)
+        np.testing.assert_array_equal(np.asarray(got[0]), np.asarray(want[0]))
+        np.testing.assert_array_equal(np.asarray(got[1]), np.asarray(want[1]))

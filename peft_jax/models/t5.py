@@ -117,7 +117,10 @@ class T5Model(SpecModel):
                 k = L.update_cache(cache["k"], k, index)
                 v = L.update_cache(cache["v"], v, index)
                 new_cache = {"k": k, "v": v}
-        out = L.attend(q, k, v, bias, mask, scale=1.0)
+        if k.shape[0] != q.shape[0]:  # cross K/V kept once per example, queries from r beams each
+            out = _attend_shared_kv(q, k, v, mask)
+        else:
+            out = L.attend(q, k, v, bias, mask, scale=1.0)
         return pa.linear(out, p["out"], pa.child(views, "out"), ctx, name + "/out"), new_cache
 
     def _sublayer(self, x, p, views, ctx, norm_key, fn, adapter_key, name):
@@ -177,7 +180,8 @@ class T5Model(SpecModel):
         bias = L.relative_bias(p["relpos_bias"], pa.child(dv, "relpos_bias"), q_pos, k_pos, False,
                                c.relative_attention_num_buckets, c.relative_attention_max_distance)
         self_mask = jnp.broadcast_to(k_pos[None, None, :] <= q_pos[None, :, None], (b, t, k_pos.shape[0]))
-        cross_mask = jnp.broadcast_to(enc_mask_BxS[:, None, :], (b, t, enc_mask_BxS.shape[1]))
+        # One row per example even when the decoder runs r beams per example (see `expand_beams`).
+        cross_mask = jnp.broadcast_to(enc_mask_BxS[:, None, :], (enc_mask_BxS.shape[0], t, enc_mask_BxS.shape[1]))
         new_cache = None if cache is None else {"index": cache["index"] + t}
         for i in range(c.num_decoder_layers):
             key = f"layers_{i}"
@@ -250,6 +254,16 @@ class T5Model(SpecModel):
             state[f"layers_{i}"] = {"self": {"k": zeros, "v": zeros}, "cross": {"cross_k": k, "cross_v": v}}
         return state
 
+    def expand_beams(self, state: dict, k: int) -> dict:
+        """The state for k beams per example: self-attention caches repeated per beam; the encoder's
+        cross K/V and mask kept once per example (every beam of a row attends to the same encoding)."""
+        rep = lambda x: jnp.repeat(x, k, axis=0)
+        out = {"index": rep(state["index"]), "encoder_mask": state["encoder_mask"]}
+        for key, layer in state.items():
+            if key.startswith("layers_"):
+                out[key] = {"self": jax.tree.map(rep, layer["self"]), "cross": layer["cross"]}
+        return out
+
     def decode_step(self, params, state: dict, tokens_BxT, peft=None):
         """Logits [B, T, V] for T new decoder tokens and the advanced state."""
         views, ctx = pa.as_views(peft), self._ctx(None)
@@ -257,3 +271,14 @@ class T5Model(SpecModel):
         logits, new = self._decode(params, views, ctx, tokens_BxT, dummy_encoded, state["encoder_mask"], state)
         new["encoder_mask"] = state["encoder_mask"]
         return logits, new
+
+
+def _attend_shared_kv(q_NxTxHxK, k_BxSxHxK, v_BxSxHxK, mask_BxTxS):
+    """Attention of N = B*r query rows (r beams per example, beam-major within a row) to K/V held once
+    per example: the r beams become r*T query positions of their example."""
+    n, t, h, kd = q_NxTxHxK.shape
+    b = k_BxSxHxK.shape[0]
+    r = n // b
+    q = q_NxTxHxK.reshape(b, r * t, h, kd)
+    out = L.attend(q, k_BxSxHxK, v_BxSxHxK, None, jnp.tile(mask_BxTxS, (1, r, 1)), scale=1.0)
+    return out.reshape(n, t, h * kd)
