@@ -8,7 +8,8 @@ Modules: `step` (pure train / eval steps, gradients w.r.t. PEFT params only),
 `losses` (cross-entropy with masking and z-loss, per-objective batch checks),
 `optimizers` (Adafactor / AdamW, schedules, clipping), `partitioning` (mesh,
 logical-axis rules, sharded base init and loading), `inputs` (batch iterators),
-`sparse` (LT-SFT selection), `checkpoints`, `reporting`, `loop`.
+`sparse` (LT-SFT selection), `checkpoints`, `reporting`, `loop`, `host_memory` (returning
+what XLA's compiler freed to the OS).
 """
 
 from peft_jax.train.checkpoints import Checkpoints
@@ -19,10 +20,10 @@ from peft_jax.train.loop import NonFiniteLossError, TrainResult, WorkdirError, t
 from peft_jax.train.optimizers import make_optimizer, make_schedule
 from peft_jax.train.partitioning import MeshError, DEFAULT_RULES, make_mesh
 from peft_jax.train.sparse import dense_module, select
-from peft_jax.train.step import eval_step, jit_train_step, loss_and_grads, train_step, trainable
+from peft_jax.train.step import compile_step, eval_step, jit_train_step, loss_and_grads, train_step, trainable
 
 __all__ = ["ArrayIterator", "BatchError", "BatchIterator", "Checkpoints", "ConfigError", "DEFAULT_RULES", "MeshError",
-           "NonFiniteLossError", "TrainResult", "WorkdirError", "check_fields", "check_overrides", "cross_entropy",
-           "dense_module", "eval_step", "jit_train_step", "loss_and_grads", "make_mesh", "make_optimizer",
-           "make_schedule", "memorisable_features", "peft_config", "prepare_batch", "select", "train",
-           "train_step", "trainable"]
+           "NonFiniteLossError", "TrainResult", "WorkdirError", "check_fields", "check_overrides", "compile_step",
+           "cross_entropy", "dense_module", "eval_step", "jit_train_step", "loss_and_grads", "make_mesh",
+           "make_optimizer", "make_schedule", "memorisable_features", "peft_config", "prepare_batch", "select",
+           "train", "train_step", "trainable"]

@@ -150,6 +150,7 @@ class _PhaseRun:
     schedule: Callable
     step_fn: Callable
     eval_fn: Callable
+    compiled: bool = False  # step_fn compiled (and the compiler's memory released) for this phase
 
 
 def _module_fn(s: _Static, phase: Phase):
@@ -222,6 +223,9 @@ def _one_step(s: _Static, run: _PhaseRun, host_batch: dict, rng, step: int) -> t
     batch = losses.prepare_batch(host_batch, s.model.family, cfg.objective, s.model.config.pad_id)
     batch = partitioning.global_batch(batch, s.mesh, cfg.batch_size, s.rules)
     step_rng = s.fold_in(rng, step)
+    if not run.compiled:
+        step_lib.compile_step(run.step_fn, run.module, run.opt_state, s.params, batch, step_rng)
+        run = dataclasses.replace(run, compiled=True)
     t0 = time.perf_counter()
     module, opt_state, metrics = run.step_fn(run.module, run.opt_state, s.params, batch, step_rng)
     metrics = {k: np.asarray(v).item() for k, v in jax.device_get(metrics).items()}
