@@ -123,7 +123,8 @@ class _TrainState:
         host = losses.prepare_batch(cases.train_batch(spec), self.model.family, objective, self.model.config.pad_id)
         self.batch = partitioning.global_batch(host, self.mesh, spec["batch_size"], rules)
         self.rng = jax.device_put(jax.random.PRNGKey(spec["seed"]), repl)
-        step_lib.compile_step(self.step_fn, self.module, self.opt_state, self.params, self.batch, self.rng)  # as the loop does
+        # Compiled before the first step and the compiler's memory released, as the training loop does.
+        step_lib.compile_step(self.step_fn, self.module, self.opt_state, self.params, self.batch, self.rng)
 
     def step(self) -> float:
         self.module, self.opt_state, metrics = self.step_fn(self.module, self.opt_state, self.params, self.batch,
