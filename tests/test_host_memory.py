@@ -1,21 +1,14 @@
 """Compiling a step ahead of its first call, and returning freed host memory to the OS."""
 
 import ctypes
-import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from peft_jax.bench.worker import rss_mb
 from peft_jax.train import host_memory, step
-
-MIB = 2**20
-
-
-def _rss_mib() -> float:
-    with open("/proc/self/status") as f:
-        return int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1)) / 1024.0
 
 
 @pytest.mark.skipif(not host_memory.available(), reason="no glibc malloc_trim on this platform")
@@ -31,9 +24,9 @@ def test_release_returns_freed_heap_pages_to_the_os():
     sentinel = libc.malloc(chunk)  # keeps the freed chunks below the top of the heap (no automatic trim)
     for p in ptrs:
         libc.free(p)
-    before = _rss_mib()
+    before = rss_mb()
     host_memory.release()
-    after = _rss_mib()
+    after = rss_mb()
     libc.free(sentinel)
     assert before - after > 64, f"RSS {before:.0f} MiB -> {after:.0f} MiB: the freed 128 MiB were not returned"
 
