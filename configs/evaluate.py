@@ -7,7 +7,7 @@ Run (XL-Sum protocol: beam 4, length penalty 0.6, no-repeat-ngram 2, 512 source 
       --config.data.tokenizer=runs/base/spiece.model --config.data.xlsum_dir=data/xlsum \
       --config.data.languages=swahili,hindi
 
-Runs on a laptop CPU in seconds, no downloads (a random mt5_tiny base, the shared XL-Sum samples, 2
+Runs on a laptop CPU in seconds, no downloads (a random mt5_tiny base, the XL-Sum samples in tests/data, 2
 examples per language, greedy decoding of 16 tokens):
 
   python launch/evaluate.py --config=configs/evaluate.py:runlocal --workdir=/tmp/eval
@@ -20,7 +20,7 @@ import os
 
 import ml_collections
 
-_SHARED_DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data")
+_SAMPLES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "data")  # in-repo samples
 
 
 def get_config(arg=None):
@@ -39,11 +39,11 @@ def get_config(arg=None):
     c.base.dtype = "float32"  # compute dtype (bfloat16 on accelerators)
 
     c.data = ml_collections.ConfigDict()
-    c.data.xlsum_dir = os.path.join(_SHARED_DATA, "xlsum") if runlocal else ""  # <language>_<split>.jsonl files
+    c.data.xlsum_dir = os.path.join(_SAMPLES, "xlsum") if runlocal else ""  # <language>_<split>.jsonl files
     c.data.split = "test"  # train | validation | test
     c.data.languages = "english,hindi" if runlocal else "english"  # XL-Sum names or ISO codes, comma-separated
     c.data.max_examples = 2 if runlocal else 0  # per language; 0 = the whole split
-    c.data.tokenizer = os.path.join(_SHARED_DATA, "tokenizers", "t5_english_32k.model") if runlocal else ""
+    c.data.tokenizer = os.path.join(_SAMPLES, "tokenizers", "t5_english_32k.model") if runlocal else ""
     c.data.extra_ids = 0  # sentinel ids appended to the tokenizer (100 for mT5 vocabularies)
 
     c.decode = ml_collections.ConfigDict()

@@ -12,9 +12,9 @@ unlabeled text (mC4's JSON-lines files or any text files: '{language}', '{iso1}'
 follow XL-Sum: source 512 / target 84 tokens, beam 4, length penalty 0.6, no-repeat-ngram 2,
 multilingual ROUGE.
 
-`configs/xlsum_mt5.py:runlocal` runs the same code path on this machine: the real XL-Sum samples in
-../shared/data/xlsum, Tatoeba sentences as unlabeled text, the multilingual SentencePiece model in
-../shared/data/tokenizers and a tiny random base (no download).
+`configs/xlsum_mt5.py:runlocal` runs the same code path on a laptop from a plain clone: the real XL-Sum
+samples in tests/data/xlsum, Tatoeba sentences (tests/data/tatoeba) as unlabeled text, the multilingual
+SentencePiece model in tests/data/tokenizers and a tiny random base (no download).
 Arguments (comma-separated): size=small|base|large|xl|xxl, targets=a+b+c, labeled=a+b, runlocal.
 """
 
@@ -24,7 +24,8 @@ import pathlib
 import ml_collections
 
 _HERE = pathlib.Path(__file__).resolve().parent
-_SHARED = _HERE.parent.parent / "shared" / "data"
+# runlocal reads the real samples that ship with the repository (tests/data/README.md lists them).
+_SAMPLES = _HERE.parent / "tests" / "data"
 # Tatoeba files are named by ISO 639-3 code; English sentences come from the French pair.
 _TATOEBA = {"english": "tatoeba.fra-eng.eng"}
 
@@ -62,11 +63,11 @@ def get_config(arg: str = ""):
     c.lambdas = (0.25, 0.5, 0.75, 1.0)
 
     c.data.kind = "xlsum"
-    c.data.xlsum_dir = str(_SHARED / "xlsum") if runlocal else ""
-    c.data.text_paths = str(_SHARED / "tatoeba" / "tatoeba.{iso3}-eng.{iso3}") if runlocal else ""
+    c.data.xlsum_dir = str(_SAMPLES / "xlsum") if runlocal else ""
+    c.data.text_paths = str(_SAMPLES / "tatoeba" / "tatoeba.{iso3}-eng.{iso3}") if runlocal else ""
     if runlocal:
-        c.data.text_overrides = ml_collections.ConfigDict({"english": str(_SHARED / "tatoeba" / _TATOEBA["english"])})
-    c.tokenizer.path = str(_SHARED / "tokenizers" / "mistral_v3_bytefallback_32k.model") if runlocal else ""
+        c.data.text_overrides = ml_collections.ConfigDict({"english": str(_SAMPLES / "tatoeba" / _TATOEBA["english"])})
+    c.tokenizer.path = str(_SAMPLES / "tokenizers" / "mistral_v3_bytefallback_32k.model") if runlocal else ""
     c.tokenizer.extra_ids = 100  # mT5 appends 100 <extra_id_i> ids after the SentencePiece vocabulary
     c.base.checkpoint = ""  # required for real runs: a Hugging Face mT5 directory (runlocal: random base)
     c.base.pretrain.preset = "mt5_tiny"

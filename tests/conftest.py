@@ -1,19 +1,17 @@
-"""Shared test fixtures: paths to the shared data and tiny Hugging Face checkpoints made on the fly."""
+"""Shared test fixtures: the in-repo test data (located by `testdata`) and offline Hugging Face settings."""
 
 import os
 import pathlib
 
 import pytest
 
+import testdata
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-SHARED_DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
-
 
 @pytest.fixture(scope="session")
-def shared_data() -> pathlib.Path:
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"shared data not found at {SHARED_DATA}")
-    return SHARED_DATA
+def test_data() -> pathlib.Path:
+    """The root of `tests/data/`; a missing folder fails the test."""
+    return testdata.path()

@@ -1,14 +1,15 @@
 """Pipelines: seeded order, disjoint covering shards, exact resume, correct packing."""
 
 import json
-import pathlib
 
 import numpy as np
 import pytest
 
 from peft_jax.data import pipeline, preprocess, sources
 
-DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
+import testdata
+
+DATA = testdata.DATA
 EOS, PAD = 1, 0
 
 

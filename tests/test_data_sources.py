@@ -2,7 +2,6 @@
 
 import gzip
 import json
-import pathlib
 import re
 import sys
 
@@ -11,7 +10,9 @@ import pytest
 from peft_jax import languages
 from peft_jax.data import sources
 
-DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
+import testdata
+
+DATA = testdata.DATA
 XLSUM = DATA / "xlsum"
 
 
@@ -146,9 +147,12 @@ def test_tatoeba_reads_the_language_side():
                 if line.strip()]
     assert list(sources.tatoeba(DATA / "tatoeba", "fr")) == expected
     chinese = list(sources.tatoeba(DATA / "tatoeba", "chinese_simplified"))  # the file is named cmn
-    assert len(chinese) == 1000 and all(chinese)
+    cmn_lines = (DATA / "tatoeba" / "tatoeba.cmn-eng.cmn").read_text(encoding="utf-8").splitlines()
+    assert len(chinese) == len(cmn_lines) == 400 and all(chinese)
     english = list(sources.tatoeba(DATA / "tatoeba", "english"))
-    assert len(english) == len(set(english)) > 1000
+    # The union of every pair's English side, without repeats: more than the largest single side.
+    largest_side = max(len(p.read_text(encoding="utf-8").splitlines()) for p in (DATA / "tatoeba").glob("*.eng"))
+    assert len(english) == len(set(english)) > largest_side
 
 
 def test_tatoeba_language_without_file_is_a_clear_error(tmp_path):

@@ -1,6 +1,5 @@
 """Tokenizers: ids come from the model, sentinels follow T5, all XL-Sum samples round-trip."""
 
-import pathlib
 import shutil
 
 import pytest
@@ -9,7 +8,9 @@ import sentencepiece as spm
 from peft_jax import languages
 from peft_jax.data import sources, tokenizers
 
-DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
+import testdata
+
+DATA = testdata.DATA
 MULTILINGUAL = DATA / "tokenizers" / "mistral_v3_bytefallback_32k.model"
 T5_ENGLISH = DATA / "tokenizers" / "t5_english_32k.model"
 

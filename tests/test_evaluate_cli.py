@@ -23,14 +23,14 @@ def _run_cli(*args):
                           capture_output=True, text=True, timeout=300)
 
 
-def _config(shared_data, **overrides):
-    """configs/evaluate.py:runlocal on the shared data, with dotted-key overrides."""
+def _config(test_data, **overrides):
+    """configs/evaluate.py:runlocal on the in-repo test data, with dotted-key overrides."""
     spec = importlib.util.spec_from_file_location("configs_evaluate", CONFIG)
     config_module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(config_module)
     config = config_module.get_config("runlocal")
-    config.data.xlsum_dir = str(shared_data / "xlsum")
-    config.data.tokenizer = str(shared_data / "tokenizers" / "t5_english_32k.model")
+    config.data.xlsum_dir = str(test_data / "xlsum")
+    config.data.tokenizer = str(test_data / "tokenizers" / "t5_english_32k.model")
     for key, value in overrides.items():
         node = config
         *parents, last = key.split(".")
@@ -40,15 +40,15 @@ def _config(shared_data, **overrides):
     return config
 
 
-def test_cli_writes_predictions_per_language_tables_and_plot(shared_data, tmp_path):
+def test_cli_writes_predictions_per_language_tables_and_plot(test_data, tmp_path):
     result = _run_cli(f"--config={CONFIG}:runlocal", f"--workdir={tmp_path}",
-                      f"--config.data.xlsum_dir={shared_data / 'xlsum'}", "--config.data.languages=en,hi,zh-CN",
-                      f"--config.data.tokenizer={shared_data / 'tokenizers' / 't5_english_32k.model'}")
+                      f"--config.data.xlsum_dir={test_data / 'xlsum'}", "--config.data.languages=en,hi,zh-CN",
+                      f"--config.data.tokenizer={test_data / 'tokenizers' / 't5_english_32k.model'}")
     assert result.returncode == 0, result.stderr[-3000:]
     langs = ["english", "hindi", "chinese_simplified"]
     for lang in langs:
         lines = (tmp_path / "predictions" / f"{lang}.jsonl").read_text(encoding="utf-8").splitlines()
-        gold = list(data.xlsum(shared_data / "xlsum", lang, "test"))[:2]
+        gold = list(data.xlsum(test_data / "xlsum", lang, "test"))[:2]
         records = [json.loads(line) for line in lines]
         assert [r["id"] for r in records] == [g["id"] for g in gold]
         assert [r["reference"] for r in records] == [g["summary"] for g in gold]
@@ -68,9 +68,9 @@ def test_cli_writes_predictions_per_language_tables_and_plot(shared_data, tmp_pa
 
 
 @pytest.fixture(scope="module")
-def decoder_module(shared_data, tmp_path_factory):
+def decoder_module(test_data, tmp_path_factory):
     """A LoRA module file (non-zero B) for the random palm_tiny base the config builds."""
-    tok = data.load_tokenizer(shared_data / "tokenizers" / "t5_english_32k.model")
+    tok = data.load_tokenizer(test_data / "tokenizers" / "t5_english_32k.model")
     model = get_model("palm_tiny", vocab_size=tok.vocab_size, pad_id=tok.pad_id, eos_id=tok.eos_id)
     params = model.init(jax.random.PRNGKey(0))
     module = P.init(model, P.LoraConfig(rank=2), jax.random.PRNGKey(1))
@@ -85,14 +85,14 @@ def _outputs(workdir):
     return {n: (workdir / n).read_bytes() for n in names}
 
 
-def test_evaluation_is_deterministic_and_applies_the_modules(shared_data, decoder_module, tmp_path):
+def test_evaluation_is_deterministic_and_applies_the_modules(test_data, decoder_module, tmp_path):
     kw = {"base.preset": "palm_tiny", "data.languages": "english", "decode.method": "beam", "decode.num_beams": 2,
           "decode.max_input_len": 48, "decode.max_decode_len": 8}
-    rows = evaluate.evaluate(_config(shared_data, modules=decoder_module, **kw), str(tmp_path / "a"))
-    evaluate.evaluate(_config(shared_data, modules=decoder_module, **kw), str(tmp_path / "b"))
+    rows = evaluate.evaluate(_config(test_data, modules=decoder_module, **kw), str(tmp_path / "a"))
+    evaluate.evaluate(_config(test_data, modules=decoder_module, **kw), str(tmp_path / "b"))
     assert _outputs(tmp_path / "a") == _outputs(tmp_path / "b")
     assert rows[0]["system"] == "task_en" and rows[0]["num_examples"] == 2
-    evaluate.evaluate(_config(shared_data, **kw), str(tmp_path / "base"))
+    evaluate.evaluate(_config(test_data, **kw), str(tmp_path / "base"))
     with_module = (tmp_path / "a" / "predictions" / "english.jsonl").read_text()
     assert with_module != (tmp_path / "base" / "predictions" / "english.jsonl").read_text()
 
@@ -105,9 +105,9 @@ def test_evaluation_is_deterministic_and_applies_the_modules(shared_data, decode
     ({"data.xlsum_dir": "/nonexistent/xlsum"}, "/nonexistent/xlsum"),
     ({"modules": "/nonexistent/task.safetensors"}, "does not exist"),
 ])
-def test_bad_settings_raise_errors_that_name_them(shared_data, tmp_path, overrides, message):
+def test_bad_settings_raise_errors_that_name_them(test_data, tmp_path, overrides, message):
     with pytest.raises((ValueError, FileNotFoundError), match=message):
-        evaluate.evaluate(_config(shared_data, **overrides), str(tmp_path))
+        evaluate.evaluate(_config(test_data, **overrides), str(tmp_path))
 
 
 def test_cli_reports_a_bad_setting_in_one_line(tmp_path):

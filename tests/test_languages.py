@@ -3,14 +3,15 @@
 import collections
 import dataclasses
 import json
-import pathlib
 import unicodedata
 
 import pytest
 
 from peft_jax import languages
 
-DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
+import testdata
+
+DATA = testdata.DATA
 
 # Unicode character-name prefix of the letters each ISO 15924 script code stands for.
 _UNICODE_PREFIX = {

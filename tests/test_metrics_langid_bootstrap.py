@@ -1,6 +1,5 @@
 """Invariants of the wrong-language rate (peft_jax.metrics.language_id) and the bootstrap."""
 
-import pathlib
 
 import numpy as np
 import pytest
@@ -10,7 +9,9 @@ from peft_jax.metrics import bootstrap_ci, in_language, paired_bootstrap, script
 from peft_jax.metrics import wrong_language_rate
 import peft_jax.metrics.bootstrap as bootstrap_module
 
-TATOEBA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tatoeba"
+import testdata
+
+TATOEBA = testdata.DATA / "tatoeba"
 
 
 def _tatoeba(code, side=None, n=150):

@@ -1,7 +1,6 @@
 """Invariants of peft_jax.metrics.rouge: rouge_score parity, the multilingual protocol, errors."""
 
 import json
-import pathlib
 import warnings
 
 import pytest
@@ -14,7 +13,9 @@ from peft_jax.metrics import rouge
 # so the submodule's names are imported from it directly.
 from peft_jax.metrics.rouge import MultilingualTokenizer, SentencePieceTokenizer, segment_by_script
 
-DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
+import testdata
+
+DATA = testdata.DATA
 SPM_MODEL = DATA / "tokenizers" / "mistral_v3_bytefallback_32k.model"
 TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 

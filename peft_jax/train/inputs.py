@@ -8,7 +8,7 @@ names) that can report and restore its position:
 Each process gets only its rows of the global batch. Sources:
 
   synthetic  the embedded multilingual world of `peft_jax.data.World` (no files)
-  text       plain-text / JSON-lines files (`data.paths`, a glob), e.g. ../shared/data
+  text       plain-text / JSON-lines files (`data.paths`, a glob), e.g. tests/data/tatoeba/*
   xlsum      an XL-Sum directory in its released layout (`data.paths`)
   tokens     random token sequences held in memory (`ArrayIterator`): a tiny
              memorisable task whose global batches do not depend on the
