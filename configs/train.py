@@ -20,6 +20,8 @@ Any field can then be overridden with --config.<field>=<value>.
 
 import ml_collections
 
+from peft_jax.train import config_lib
+
 _ARG_KEYS = ("model", "peft", "objective", "language", "source", "runlocal")
 _DEFAULT_OBJECTIVE = {"mt5": "span_corruption", "palm": "causal_lm"}
 # Peak learning rates that work for each family with Adafactor (prompt tuning wants a large one).
@@ -36,24 +38,6 @@ def _parse(arg):
             raise ValueError(f"configs/train.py: unknown argument {key!r}; known: {', '.join(_ARG_KEYS)}")
         out[key] = value.strip() if value else "true"
     return out
-
-
-def _peft_sections():
-    """One section per PEFT family; only the one named by peft.family is used."""
-    return ml_collections.ConfigDict({
-        # LoRA on every attention projection; scaling = alpha / rank (alpha / sqrt(rank) with rslora).
-        "lora": {"targets": r".*attention/(query|key|value|out)$", "rank": 8, "alpha": 16.0, "rslora": False,
-                 "dropout": 0.0},
-        # Soft prompt of `length` vectors; init from vocabulary embeddings ('vocab'), 'random' or 'text'.
-        "prompt": {"length": 20, "init": "vocab", "init_scale": 0.5, "init_text_ids": ()},
-        # (IA)^3 scales on keys, values (output side) and the MLP hidden (input of wo).
-        "ia3": {"targets": r".*attention/(key|value)$|.*mlp/wo$", "feedforward": r".*mlp/wo$"},
-        # Bottleneck adapters: pfeiffer = after the MLP, houlsby = after attention and MLP.
-        "adapter": {"placement": "pfeiffer", "reduction_factor": 16, "activation": "relu", "init_scale": 1e-3},
-        # LT-SFT: a dense phase on the first dense_fraction of the steps, then the top `density`
-        # entries of each target leaf are kept, rewound to zero and retrained.
-        "sparse": {"targets": r".*(attention|mlp)/\w+/kernel$", "density": 0.01, "dense_fraction": 0.5},
-    })
 
 
 def get_config(arg=None):
@@ -78,8 +62,12 @@ def get_config(arg=None):
     c.model.dtype = "float32"  # compute dtype (bfloat16 on accelerators); PEFT params stay float32
     c.model.init_seed = 0  # seed of a randomly initialised base (keeps its fingerprint stable across runs)
 
-    c.peft = _peft_sections()
-    c.peft.family = family  # lora | prompt | ia3 | adapter | sparse
+    # One section per PEFT family (peft.lora, peft.prompt, ...; only the one named by peft.family is used),
+    # holding the defaults of its config dataclass, e.g. peft_jax.peft.LoraConfig: fields and meanings are
+    # documented there. peft.sparse.dense_fraction: LT-SFT trains a dense delta on this share of the steps,
+    # then keeps the top `density` entries of each target leaf, rewound to zero, and retrains them.
+    c.peft = config_lib.peft_sections()
+    c.peft.family = family  # lora | prompt | ia3 | adapter | sparse (or a registered family)
     c.peft.sharding = "replicated"  # replicated | logical (shard like the base dimension touched)
 
     c.optimizer = ml_collections.ConfigDict()

@@ -4,6 +4,7 @@ Public API:
   load_pretrained(path) -> (model, params)     Hugging Face mT5/T5 v1.1/Llama/Gemma checkpoints
   generate(model, params, batch, peft=None, method=...)   jitted greedy / sampling / beam search
   score(model, params, batch, peft=None)       per-example log-likelihoods
+  models    mT5 and decoder-only models behind one contract (`models.Model`)
   peft      init / merge / save / load / count / export_hf / import_hf
   compose   combine and the paper's recipes (add, analogy, multi-source)
   data      XL-Sum and unlabeled-text sources, tokenizers, pipelines, the synthetic world

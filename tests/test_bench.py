@@ -12,7 +12,7 @@ import optax
 import pytest
 
 from peft_jax import peft
-from peft_jax.bench import cases, harness
+from peft_jax.bench import cases, harness, processes
 from peft_jax.models import get_model
 from peft_jax.train import step as step_lib
 
@@ -115,10 +115,39 @@ def test_unknown_case_and_argument_are_refused(tmp_path):
 
 def test_reference_worker_does_not_import_jax():
     # The PyTorch side's memory must be PyTorch's alone: its worker must not pull in JAX.
-    code = harness._BOOTSTRAP.split("from peft_jax.bench import worker")[0] + (
-        "import peft_jax.bench.reference\nprint('jax' in sys.modules, 'torch' in sys.modules)")
+    code = processes.BOOTSTRAP.split("from peft_jax.bench import worker")[0] + (
+        "from peft_jax.bench import reference\nreference.torch_side()\n"
+        "print('jax' in sys.modules, 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code, "reference"], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "True"]
+
+
+_WITHOUT_TORCH = """
+import sys
+
+class NoTorch:
+    # Answers for torch as an environment without it would.
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+sys.meta_path.insert(0, NoTorch())
+import peft_jax.bench.reference as reference
+print("imported", "torch" in sys.modules)
+try:
+    reference.make_runner({"kind": "train", "name": "train/lora", "threads": 1})
+except reference.ReferenceUnavailableError as e:
+    print(e)
+"""
+
+
+def test_reference_imports_without_torch_and_names_the_extra_when_run():
+    # torch is a test extra: a plain install imports the benchmark package; running the reference says what to install.
+    out = subprocess.run([sys.executable, "-c", _WITHOUT_TORCH], capture_output=True, text=True, check=True)
+    first, message = out.stdout.splitlines()
+    assert first == "imported False"
+    assert "'torch' is not installed" in message and "pip install \"peft_jax[test]\"" in message
 
 
 _T5 = dict(family="encoder_decoder", vocab_size=1000, d_model=128, d_kv=32, d_ff=256, num_heads=4, num_layers=2,

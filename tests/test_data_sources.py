@@ -9,6 +9,7 @@ import pytest
 
 from peft_jax import languages
 from peft_jax.data import sources
+from peft_jax.data.sources import tfds_datasets
 
 import testdata
 
@@ -274,7 +275,7 @@ def test_tfds_helpers_map_names_splits_and_fields(monkeypatch):
         calls.append((name, split))
         return [{"text": "t".encode(), "gem_id": b"g-0", "source_aligned": {"ar": "نص".encode(), "en": b"text"},
                  "target_aligned": {"ar": "ملخص".encode(), "en": b"summary"}}]
-    monkeypatch.setattr(sources, "tfds_source", fake_source)
+    monkeypatch.setattr(tfds_datasets, "tfds_source", fake_source)  # the module the helpers look it up in
     assert list(sources.tfds_mc4("hebrew", "validation")) == ["t"]
     assert list(sources.tfds_wikipedia("fr")) == ["t"]
     same = list(sources.tfds_wikilingua("arabic", "validation"))
@@ -285,3 +286,24 @@ def test_tfds_helpers_map_names_splits_and_fields(monkeypatch):
     assert cross[0]["summary"] == "summary" and cross[0]["text"] == "نص"
     with pytest.raises(ValueError, match="same language or English"):
         sources.tfds_wikilingua("ar", "test", summary_language="fr")
+
+
+# The public names of `peft_jax.data.sources`, which code imports from there and from `peft_jax.data`.
+_SOURCE_NAMES = (
+    "BAD_UTF8_POLICIES BadEncodingError DataError EmptySplitError GEM_LAYOUT GEM_WIKILINGUA_NAMES JsonLinesExamples "
+    "JsonLinesSource MalformedRecordError MissingDataError MissingDependencyError MissingFieldError ReadStats "
+    "RecordFileSource TextLines TextLinesSource UDHR_NAMESPACE UdhrEntry XLSUM_FIELDS XLSUM_HF_NAME XLSUM_LAYOUT "
+    "expand_paths gem_wikilingua mc4 mc4_code parse_json_record read_lines split_suffix tatoeba text_lines "
+    "tfds_mc4 tfds_source tfds_text tfds_wikilingua tfds_wikipedia udhr udhr_index write_records xlsum "
+    "xlsum_source").split()
+
+
+def test_every_source_name_is_importable_from_sources_and_data():
+    import peft_jax.data as data
+
+    missing = [name for name in _SOURCE_NAMES if not hasattr(sources, name)]
+    assert not missing
+    assert set(sources.__all__) == set(_SOURCE_NAMES)
+    for name in data.__all__:
+        if name in _SOURCE_NAMES:
+            assert getattr(data, name) is getattr(sources, name)

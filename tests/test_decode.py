@@ -17,7 +17,7 @@ from transformers.generation import logits_process as hf_lp
 import peft_jax
 from peft_jax import decode
 from peft_jax import peft as P
-from peft_jax.models import get_model
+from peft_jax.models import DecoderModel, T5Model, get_model
 
 L = 8  # decode length used throughout
 
@@ -125,10 +125,15 @@ _CHAIN = _CHAIN / _CHAIN.sum(axis=1, keepdims=True)
 
 @dataclasses.dataclass(frozen=True)
 class _ChainModel:
-    """A first-order Markov 'model' exposing the decode_init / decode_step interface."""
+    """A first-order Markov 'model' implementing the decoding part of the model contract."""
 
     config: _ChainConfig = _ChainConfig()
     family: str = "encoder_decoder"
+
+    # Decoding starts as for the encoder-decoder (from the start token); every state leaf is per beam.
+    decode_inputs = T5Model.decode_inputs
+    decode_start = T5Model.decode_start
+    expand_beams = DecoderModel.expand_beams
 
     def decode_init(self, params, batch, max_decode_len, peft=None):
         return {"index": jnp.zeros((batch["encoder_input_tokens"].shape[0],), jnp.int32)}

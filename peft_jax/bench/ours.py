@@ -23,8 +23,8 @@ import peft_jax
 from peft_jax import compose, peft
 from peft_jax.bench import cases
 from peft_jax.compose import algebra
-from peft_jax.models import hf as hf_models
 from peft_jax.models import safetensors_io
+from peft_jax.peft import families
 from peft_jax.train import losses, optimizers, partitioning
 from peft_jax.train import step as step_lib
 
@@ -37,48 +37,32 @@ class Runner(NamedTuple):
 
 
 # ----------------------------------------------------------------------------------- PEFT init
+def _benchmarked(name: str) -> families.Family:
+    """The family of a job's `peft` section; only families with a benchmark mapping (`bench_noise`)."""
+    family = families.get(name)
+    if family.bench_noise is None:
+        covered = [n for n in families.names() if families.get(n).bench_noise is not None]
+        raise ValueError(f"benchmarks cover {', '.join(covered)}, not {name!r}")
+    return family
+
+
 def peft_config(p: dict, model):
     """Our PEFT config for a job's `peft` section."""
-    if p["family"] == "lora":
-        return peft.LoraConfig(targets=p["targets"], rank=p["rank"], alpha=p["alpha"])
-    if p["family"] == "prompt":
-        return peft.PromptConfig(length=p["length"], init="random", init_scale=p["init_scale"])
-    if p["family"] == "ia3":
-        return peft.IA3Config(targets=p["targets"], feedforward=p["feedforward"])
-    raise ValueError(f"benchmarks cover lora, prompt and ia3, not {p['family']!r}")
+    return _benchmarked(p["family"]).bench_config(p)
 
 
-def _perturbed(module: peft.Module, seed: int) -> peft.Module:
+def _perturbed(module: peft.PeftModule, seed: int) -> peft.PeftModule:
     """A fresh module moved off its identity init (LoRA B = 0, (IA)^3 = 1), so the first-step check
     exercises the PEFT path itself and a wrong mapping between the two sides cannot hide."""
     key = jax.random.PRNGKey(seed + 1)
+    scales = _benchmarked(module.family).bench_noise
 
     def move(path, x):
         name = peft_jax.tree.path_str(path).rsplit("/", 1)[-1]
         noise = jax.random.normal(jax.random.fold_in(key, zlib.crc32(name.encode()) & 0x7FFFFFFF), x.shape, x.dtype)
-        return x + {"lora_b": 0.02, "ia3_in": 0.1, "ia3_out": 0.1}.get(name, 0.0) * noise
+        return x + scales.get(name, 0.0) * noise
 
     return module.replace(params=jax.tree_util.tree_map_with_path(move, module.params))
-
-
-def _hf_names(model) -> dict[str, str]:
-    """{our kernel module path: HF module name}, from the table that loads HF checkpoints."""
-    names = hf_models.t5_names(model.config) if model.family == "encoder_decoder" else \
-        hf_models.decoder_names(model.config)
-    return {ours[: -len("/kernel")]: hf[0][: -len(".weight")] for ours, hf, _ in names if ours.endswith("/kernel")}
-
-
-def _hf_tensors(module: peft.Module, model) -> dict[str, np.ndarray]:
-    """HF peft state-dict names and layouts of a prompt or (IA)^3 module."""
-    if module.family == "prompt":
-        return {"prompt_embeddings": np.asarray(module.params["prompt"]["embedding"], np.float32)}
-    table, out = _hf_names(model), {}
-    for path, node in peft_jax.tree.flatten(module.params, is_leaf=lambda x: isinstance(x, dict) and (
-            "ia3_in" in x or "ia3_out" in x)).items():
-        # HF peft keeps (IA)^3 vectors as [out, 1] (scales the output) or [1, in] (feed-forward input).
-        vec = np.asarray(node.get("ia3_out", node.get("ia3_in")), np.float32)
-        out[f"base_model.model.{table[path]}.ia3_l"] = vec[:, None] if "ia3_out" in node else vec[None, :]
-    return out
 
 
 def save_peft_init(spec: dict) -> None:
@@ -91,11 +75,13 @@ def save_peft_init(spec: dict) -> None:
     module = _perturbed(module, spec["seed"])
     peft.save(os.path.join(root, "ours"), module, overwrite=True)
     hf_dir = os.path.join(root, "hf")
-    if module.family == "lora":
+    family = families.get(module.family)
+    if family.hf_peft_type:  # an adapter directory HF peft loads itself
         peft.export_hf(hf_dir, module, spec["checkpoint"], model, overwrite=True)
-    else:
+    else:  # a state dict the reference side loads into a fresh HF peft model
         os.makedirs(hf_dir, exist_ok=True)
-        safetensors_io.write(os.path.join(hf_dir, "peft_init.safetensors"), _hf_tensors(module, model))
+        tensors = family.hf_state(module, model.hf_module_names())
+        safetensors_io.write(os.path.join(hf_dir, "peft_init.safetensors"), tensors)
     open(os.path.join(root, cases.DONE_MARKER), "w").close()
 
 
@@ -119,8 +105,9 @@ class _TrainState:
             model=self.model, optimizer=optimizer, peft_sharding=peft_sh,
             opt_sharding=step_lib.shardings_of(self.opt_state), params_sharding=step_lib.shardings_of(self.params),
             batch_sharding=batch_sh, scalar_sharding=repl)
-        objective = "seq2seq" if self.model.family == "encoder_decoder" else "causal_lm"
-        host = losses.prepare_batch(cases.train_batch(spec), self.model.family, objective, self.model.config.pad_id)
+        # The reference trains decoder-only models as causal LMs and encoder-decoders on (input, target) pairs.
+        objective = "causal_lm" if "causal_lm" in self.model.OBJECTIVES else "seq2seq"
+        host = losses.prepare_batch(cases.train_batch(spec), self.model, objective, self.model.config.pad_id)
         self.batch = partitioning.global_batch(host, self.mesh, spec["batch_size"], rules)
         self.rng = jax.device_put(jax.random.PRNGKey(spec["seed"]), repl)
         # Compiled before the first step and the compiler's memory released, as the training loop does.
@@ -153,7 +140,7 @@ def _decode_runner(spec: dict) -> Runner:
 
 
 # --------------------------------------------------------------------------------- composition
-def lora_modules(spec: dict) -> list[peft.Module]:
+def lora_modules(spec: dict) -> list[peft.PeftModule]:
     """N random LoRA modules with the job's (mT5-xxl) target shapes, created on the device."""
     paths = cases.compose_paths(spec)
     r, d_in, d_out = spec["rank"], spec["d_in"], spec["d_out"]
@@ -169,7 +156,7 @@ def lora_modules(spec: dict) -> list[peft.Module]:
                                         for i, p in enumerate(paths)})
 
     key = jax.random.PRNGKey(spec["seed"])
-    return [peft.Module(params=jax.block_until_ready(one(jax.random.fold_in(key, i))), config=config)
+    return [peft.PeftModule(params=jax.block_until_ready(one(jax.random.fold_in(key, i))), config=config)
             for i in range(spec["n"])]
 
 
@@ -201,7 +188,7 @@ def _compose_runner(spec: dict) -> Runner:
         # unlike RSS, where the allocator's cached pages from earlier calls hide new allocations.
         compiled = algebra._compose.lower(inputs, w, extras, plan=plan).compile().memory_analysis()
         out = kernel()[0]
-        return {"in_bytes": _nbytes(inputs), "out_bytes": _nbytes(out), "rank": plan.rank,
+        return {"in_bytes": _nbytes(inputs), "out_bytes": _nbytes(out), "rank": plan.fact("rank"),
                 "kernel_bytes": int(compiled.temp_size_in_bytes + compiled.output_size_in_bytes)}
 
     return Runner(check=check, run=run)

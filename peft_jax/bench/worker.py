@@ -19,6 +19,15 @@ import resource
 import sys
 import time
 import traceback
+from typing import Callable, NamedTuple
+
+
+class Runner(NamedTuple):
+    """What the worker drives: `check()` once (before timing), then `run()` per repetition."""
+
+    check: Callable[[], dict]
+    run: Callable[[], dict]
+
 
 _RUNNER_MODULES = {"ours": "peft_jax.bench.ours", "reference": "peft_jax.bench.reference"}
 
@@ -98,9 +107,7 @@ def serve(proto: _Protocol, side: str, spec: dict) -> None:
 
 def prepare(proto: _Protocol, spec: dict) -> None:
     """Writes what both sides load: the random base checkpoint (PyTorch) and the PEFT init (ours)."""
-    from peft_jax.bench import reference
-
-    reference.save_checkpoint(spec)
+    importlib.import_module(_RUNNER_MODULES["reference"]).save_checkpoint(spec)
     if spec.get("peft_init"):
         importlib.import_module(_RUNNER_MODULES["ours"]).save_peft_init(spec)
     proto.send(event="done")

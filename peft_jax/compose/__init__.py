@@ -7,7 +7,8 @@
   grid = compose.combine_grid([task, lang], [[1, l] for l in lams])   # batched: one row per lambda
   compose.related_languages("nepali", ["hindi", "english", "marathi"], by="typology", k=2)
 
-Strategies and their semantics: `peft_jax.compose.algebra`. Refusals and fingerprints:
+Strategies and their semantics: `peft_jax.compose.algebra` and each family's file under
+`peft_jax.peft.families`; TIES and DARE: `peft_jax.compose.merging`. Refusals and fingerprints:
 `peft_jax.compose.checks`. Recipes: `peft_jax.compose.recipes`. Related languages and the
 typological table: `peft_jax.compose.related`.
 """

@@ -4,8 +4,9 @@
 `CompositionError` whose message names the offending module (by position) and,
 where there is one, the parameter path: modules trained on different bases,
 mixed PEFT families, different target modules, shapes that the strategy cannot
-sum (e.g. LoRA ranks under `param`), incompatible LoRA scalings, a weight count
-that does not match, and NaN/Inf inside a module.
+sum (which axes may differ is the family's rule, e.g. LoRA ranks under `param`), a
+weight count that does not match, and NaN/Inf inside a module. Checks that only
+concern one family (LoRA scalings, adapter activations) live in its family file.
 
 `module_fingerprint` is the identity of a module's parameters (and config): the
 provenance a composed module records for each of its inputs.
@@ -22,19 +23,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from peft_jax import tree as tu
-from peft_jax.peft.module import Module, config_to_dict
+from peft_jax.peft.errors import CompositionError
+from peft_jax.peft.families.base import is_concrete
+from peft_jax.peft.module import PeftModule, config_to_dict
+
+__all__ = ["CompositionError", "check_base", "check_finite", "check_modules", "check_shapes", "check_structure",
+           "check_weights", "input_record", "is_concrete", "module_fingerprint"]
 
 
-class CompositionError(ValueError):
-    """Modules that cannot be composed as asked; the message names module and parameter path."""
-
-
-def is_concrete(x) -> bool:
-    """True for arrays whose values can be read (not tracers inside jit / vmap / grad)."""
-    return not isinstance(x, jax.core.Tracer)
-
-
-def module_fingerprint(module: Module) -> str:
+def module_fingerprint(module: PeftModule) -> str:
     """16-hex SHA-256 of a module's config, batching and every leaf (path, shape, dtype, bytes).
 
     Metadata is left out, so recording provenance does not change a module's identity.
@@ -50,12 +47,12 @@ def module_fingerprint(module: Module) -> str:
     return h.hexdigest()[:16]
 
 
-def check_modules(modules, *, mixed_families_ok: bool = False) -> list[Module]:
+def check_modules(modules, *, mixed_families_ok: bool = False) -> list[PeftModule]:
     """A non-empty list of unbatched modules of one family (unless `mixed_families_ok`)."""
-    if isinstance(modules, Module) or not isinstance(modules, Sequence) or not modules:
+    if isinstance(modules, PeftModule) or not isinstance(modules, Sequence) or not modules:
         raise CompositionError("modules must be a non-empty list of peft_jax Modules")
     for i, m in enumerate(modules):
-        if not isinstance(m, Module):
+        if not isinstance(m, PeftModule):
             raise CompositionError(f"modules[{i}] is a {type(m).__name__}, not a peft_jax Module")
         if m.batched:
             raise CompositionError(f"modules[{i}] is batched (per-example); unbatch it before composing")
@@ -77,7 +74,7 @@ def check_weights(weights, n: int, *, grid: bool = False) -> jax.Array:
     return arr
 
 
-def check_base(modules: list[Module]) -> str | None:
+def check_base(modules: list[PeftModule]) -> str | None:
     """The base fingerprint the modules share (None if none records one); refuses two different bases."""
     recorded = [(i, m.base_fingerprint) for i, m in enumerate(modules) if m.base_fingerprint]
     for i, fp in recorded[1:]:
@@ -94,7 +91,7 @@ def _finite_flags(params):
                         else jnp.bool_(True), params)
 
 
-def check_finite(modules: list[Module]) -> None:
+def check_finite(modules: list[PeftModule]) -> None:
     """Refuses NaN/Inf, naming the module and leaf. Skipped for traced modules (values unknown)."""
     for i, m in enumerate(modules):
         flags = _finite_flags(m.params)
@@ -107,7 +104,7 @@ def check_finite(modules: list[Module]) -> None:
                                    + (f" (and {len(bad) - 1} more leaves)" if len(bad) > 1 else ""))
 
 
-def check_structure(modules: list[Module]) -> list[str]:
+def check_structure(modules: list[PeftModule]) -> list[str]:
     """The modules' shared leaf paths; refuses different target modules, naming the first differing path."""
     paths = [sorted(tu.flatten(m.params)) for m in modules]
     for i, other in enumerate(paths[1:], 1):
@@ -120,7 +117,7 @@ def check_structure(modules: list[Module]) -> list[str]:
     return paths[0]
 
 
-def check_shapes(modules: list[Module], free_axes, hint: str = "") -> None:
+def check_shapes(modules: list[PeftModule], free_axes, hint: str = "") -> None:
     """Refuses leaves whose shapes differ outside `free_axes(path) -> set of axes allowed to differ`."""
     flats = [tu.flatten(m.params) for m in modules]
     for path in sorted(flats[0]):
@@ -135,27 +132,7 @@ def check_shapes(modules: list[Module], free_axes, hint: str = "") -> None:
                                        f"has {tuple(ref)}{hint}")
 
 
-def check_lora_scaling(modules: list[Module], shared: bool, allow_mixed_scaling: bool, strategy: str,
-                       first_path: str) -> None:
-    """Refuses mixed rsLoRA/plain scaling, and any difference in alpha / rank scaling when the result
-    keeps one `shared` scaling (param, negate_b, ties/dare on the factors)."""
-    c0 = modules[0].config
-    for i, m in enumerate(modules[1:], 1):
-        c = m.config
-        if c.rslora != c0.rslora and not allow_mixed_scaling:
-            kind = lambda cfg: "rsLoRA (alpha/sqrt(rank))" if cfg.rslora else "plain LoRA (alpha/rank)"
-            raise CompositionError(
-                f"mixed LoRA scalings at parameter {first_path!r}: modules[0] uses {kind(c0)}, modules[{i}] uses "
-                f"{kind(c)}; an exact strategy (delta, concat, svd) folds each scaling in if you pass "
-                "allow_mixed_scaling=True")
-        if shared and not np.isclose(c.scaling, c0.scaling, rtol=1e-6, atol=0):
-            raise CompositionError(
-                f"strategy {strategy!r} sums the factors and keeps one scaling, but at parameter {first_path!r} "
-                f"modules[0] has scaling {c0.scaling:g} (alpha {c0.alpha:g}, rank {c0.rank}) and modules[{i}] "
-                f"{c.scaling:g} (alpha {c.alpha:g}, rank {c.rank}); use delta, concat or svd, which fold scalings")
-
-
-def input_record(module: Module) -> dict:
+def input_record(module: PeftModule) -> dict:
     """What a composed module remembers about one input: its fingerprint, family and scalar metadata."""
     labels = {k: v for k, v in module.metadata.items()
               if k != "base_fingerprint" and isinstance(v, (str, int, float, bool))}

@@ -23,31 +23,31 @@ from peft_jax import languages
 from peft_jax.compose.algebra import combine
 from peft_jax.compose.checks import CompositionError
 from peft_jax.compose.related import related_languages, typological_distance
-from peft_jax.peft.module import Module
+from peft_jax.peft.module import PeftModule
 
 
 def _tag(result, **recipe):
     """Records the recipe and its arguments in the composition metadata (of each module of a stack)."""
-    def tag_one(m: Module) -> Module:
+    def tag_one(m: PeftModule) -> PeftModule:
         meta = m.metadata
         meta["composition"]["recipe"] = recipe
         return m.replace(metadata_json=json.dumps(meta, sort_keys=True))
     return [tag_one(m) for m in result] if isinstance(result, list) else tag_one(result)
 
 
-def add(task: Module, lang: Module, strategy: str = "param", **options) -> Module:
+def add(task: PeftModule, lang: PeftModule, strategy: str = "param", **options) -> PeftModule:
     """task + lang: the task module and the target language module at full weight."""
     return _tag(combine([task, lang], [1.0, 1.0], strategy, **options), name="add")
 
 
-def weighted(task: Module, lang: Module, lam: float, strategy: str = "param", **options) -> Module:
+def weighted(task: PeftModule, lang: PeftModule, lam: float, strategy: str = "param", **options) -> PeftModule:
     """lam * task + (1 - lam) * lang."""
     lam = float(lam)
     return _tag(combine([task, lang], [lam, 1.0 - lam], strategy, **options), name="weighted", lam=lam)
 
 
-def analogy(task_src: Module, lang_tgt: Module, lang_src: Module, lam: float = 1.0, strategy: str = "param",
-            **options) -> Module:
+def analogy(task_src: PeftModule, lang_tgt: PeftModule, lang_src: PeftModule, lam: float = 1.0,
+            strategy: str = "param", **options) -> PeftModule:
     """task_src + lam * (lang_tgt - lang_src): "summarize in tgt" = "summarize in src" + "tgt" - "src".
 
     Under the default "param" strategy, -lang_src flips both LoRA factors, so its product is added back
@@ -76,8 +76,8 @@ def _source_weights(selected: list, weights, target) -> list[float]:
 
 
 def multi_source(task_modules: Mapping, target, by: str = "family", k: int | None = None,
-                 lang_module: Module | None = None, weights=None, lang_weight: float = 1.0,
-                 features: str = "syntax", strategy: str = "param", **options) -> Module:
+                 lang_module: PeftModule | None = None, weights=None, lang_weight: float = 1.0,
+                 features: str = "syntax", strategy: str = "param", **options) -> PeftModule:
     """A task module for `target` mixed from the task modules of related languages.
 
     Args:
@@ -109,7 +109,7 @@ def multi_source(task_modules: Mapping, target, by: str = "family", k: int | Non
                 lang_weight=float(lang_weight) if lang_module is not None else None)
 
 
-def stack(*modules: Module, weights=None) -> list[Module]:
+def stack(*modules: PeftModule, weights=None) -> list[PeftModule]:
     """The modules to apply together, in order (e.g. stack(lang, task): MAD-X), each scaled by its weight."""
     weights = [1.0] * len(modules) if weights is None else [float(w) for w in weights]
     return _tag(combine(list(modules), weights, "stack"), name="stack")

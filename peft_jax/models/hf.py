@@ -11,23 +11,22 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from peft_jax.models import native
 from peft_jax.models.decoder import DecoderConfig, DecoderModel
+from peft_jax.models.errors import CheckpointError
+from peft_jax.models.hf_names import TRANSPOSE, decoder_names, t5_names  # noqa: F401  (re-exported)
 from peft_jax.models.safetensors_io import SafetensorsError, SafetensorsFile
 from peft_jax.models.spec import flatten, unflatten
 from peft_jax.models.t5 import T5Config, T5Model
 
 T5_ARCHS = ("MT5ForConditionalGeneration", "T5ForConditionalGeneration")
 DECODER_ARCHS = ("LlamaForCausalLM", "GemmaForCausalLM")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint directory or file is missing, corrupt, or does not fit the model."""
 
 
 # ------------------------------------------------------------------------ configs
@@ -102,57 +101,6 @@ def decoder_config(cfg: dict, arch: str, cfg_path: str, dtype: str) -> DecoderCo
         bos_id=cfg.get("bos_token_id"))
 
 
-# ---------------------------------------------------------------- name mappings
-Transform = Callable[[np.ndarray], np.ndarray]
-_T: Transform = lambda w: w.T  # torch Linear [out, in] -> our kernel [in, out]
-_I: Transform = lambda w: w
-
-
-def t5_names(c: T5Config) -> Iterator[tuple[str, tuple[str, ...], Transform]]:
-    """(our path, HF names to try in order, transform) for every parameter of a T5 model."""
-    yield "token_embedder/embedding", ("shared.weight", "encoder.embed_tokens.weight"), _I
-    att = {"query": "q", "key": "k", "value": "v", "out": "o"}
-    mlp = {"wi_0": "wi_0", "wi_1": "wi_1", "wo": "wo"}
-    for stack, n_layers in (("encoder", c.num_layers), ("decoder", c.num_decoder_layers)):
-        yield (f"{stack}/relpos_bias/rel_embedding",
-               (f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight",), _I)
-        for i in range(n_layers):
-            hf, ours = f"{stack}.block.{i}.layer", f"{stack}/layers_{i}"
-            subs = ([("pre_attention_layer_norm", "attention", 0, "SelfAttention")] if stack == "encoder" else
-                    [("pre_self_attention_layer_norm", "self_attention", 0, "SelfAttention"),
-                     ("pre_cross_attention_layer_norm", "encoder_decoder_attention", 1, "EncDecAttention")])
-            for norm, name, j, hf_name in subs:
-                yield f"{ours}/{norm}/scale", (f"{hf}.{j}.layer_norm.weight",), _I
-                for k, v in att.items():
-                    yield f"{ours}/{name}/{k}/kernel", (f"{hf}.{j}.{hf_name}.{v}.weight",), _T
-            j = len(subs)
-            yield f"{ours}/pre_mlp_layer_norm/scale", (f"{hf}.{j}.layer_norm.weight",), _I
-            for k, v in mlp.items():
-                yield f"{ours}/mlp/{k}/kernel", (f"{hf}.{j}.DenseReluDense.{v}.weight",), _T
-        norm = "encoder_norm" if stack == "encoder" else "decoder_norm"
-        yield f"{stack}/{norm}/scale", (f"{stack}.final_layer_norm.weight",), _I
-    if not c.tie_word_embeddings:
-        yield "decoder/logits_dense/kernel", ("lm_head.weight",), _T
-
-
-def decoder_names(c: DecoderConfig) -> Iterator[tuple[str, tuple[str, ...], Transform]]:
-    """(our path, HF names, transform) for Llama/Gemma-layout checkpoints."""
-    yield "token_embedder/embedding", ("model.embed_tokens.weight",), _I
-    att = {"query": "q_proj", "key": "k_proj", "value": "v_proj", "out": "o_proj"}
-    mlp = {"wi_0": "gate_proj", "wi_1": "up_proj", "wo": "down_proj"}
-    for i in range(c.num_layers):
-        hf, ours = f"model.layers.{i}", f"layers_{i}"
-        yield f"{ours}/pre_attention_norm/scale", (f"{hf}.input_layernorm.weight",), _I
-        yield f"{ours}/pre_mlp_norm/scale", (f"{hf}.post_attention_layernorm.weight",), _I
-        for k, v in att.items():
-            yield f"{ours}/attention/{k}/kernel", (f"{hf}.self_attn.{v}.weight",), _T
-        for k, v in mlp.items():
-            yield f"{ours}/mlp/{k}/kernel", (f"{hf}.mlp.{v}.weight",), _T
-    yield "final_norm/scale", ("model.norm.weight",), _I
-    if not c.tie_word_embeddings:
-        yield "logits_dense/kernel", ("lm_head.weight",), _T
-
-
 # ---------------------------------------------------------------------- tensors
 class TensorStore:
     """All tensors of a checkpoint directory, single-file or sharded, opened lazily."""
@@ -216,7 +164,7 @@ def load_tensors(store: TensorStore, names, specs_flat: dict, dtype, shardings_f
         want = specs_flat[ours].shape
         if tuple(arr.shape) != tuple(want):
             raise CheckpointError(f"{store.file_of(hf)}: tensor {hf!r} has shape {tuple(store.shape(hf))}, "
-                                  f"expected {tuple(want[::-1]) if transform is _T else tuple(want)} for {ours}")
+                                  f"expected {tuple(want[::-1]) if transform is TRANSPOSE else tuple(want)} for {ours}")
         out[ours] = _place(arr, dtype, None if shardings_flat is None else shardings_flat[ours])
     return out
 
@@ -232,23 +180,19 @@ def load_pretrained(path: str, *, param_dtype=jnp.float32, compute_dtype: str = 
     tree), loads each tensor straight into its sharding.
     """
     path = os.fspath(path)
-    from peft_jax.models import native  # a checkpoint this project wrote itself (e.g. the demo's base)
-
-    if native.is_native(path):
+    if native.is_native(path):  # a checkpoint this project wrote itself (e.g. the demo's base)
         return native.load(path)
     cfg = read_config(path)
     cfg_path = os.path.join(path, "config.json")
     arch = _architecture(cfg, cfg_path)
     if arch in T5_ARCHS:
         model = T5Model(t5_config(cfg, cfg_path, compute_dtype))
-        names = t5_names(model.config)
     else:
         model = DecoderModel(decoder_config(cfg, arch, cfg_path, compute_dtype))
-        names = decoder_names(model.config)
     if callable(shardings):
         shardings = shardings(model)
     specs_flat = flatten(model.param_specs())
-    flat = load_tensors(TensorStore(path), names, specs_flat, param_dtype,
+    flat = load_tensors(TensorStore(path), model.hf_param_names(), specs_flat, param_dtype,
                         None if shardings is None else flatten(shardings))
     missing = sorted(set(specs_flat) - set(flat))
     if missing:  # a mapping bug, never a user error: every parameter must come from the file

@@ -1,8 +1,9 @@
 """Building blocks shared by the encoder-decoder and decoder-only models.
 
-Pure functions of explicit parameter dicts. Tensor names carry shapes:
-B batch, T query length, S key length, D model width, H heads, K head dim.
-Every projection goes through `peft.apply.linear`, so PEFT modules reach it.
+Pure functions of arrays and of a `peft.scope.Scope` (the base parameters and active
+PEFT modules at the layer's path). Tensor names carry shapes: B batch, T query length,
+S key length, D model width, H heads, K head dim. Every parameter is read through the
+scope, so PEFT modules reach every projection, norm scale and position table.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from peft_jax.peft import apply as pa
+from peft_jax.peft.scope import Scope
 
 NEG_INF = -1e10
 
@@ -29,12 +30,12 @@ class Head(NamedTuple):
     scale: float | None
 
 
-def rms_norm(x_BxTxD, p, views, ctx, eps: float, plus_one: bool = False):
+def rms_norm(x_BxTxD, scope: Scope, eps: float, plus_one: bool = False):
     """RMSNorm without bias or mean subtraction, computed in float32 (T5, Llama; Gemma with plus_one)."""
     x = x_BxTxD.astype(jnp.float32)
     x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + eps)
-    scale = pa.param(p, "scale", views, jnp.float32)
-    return (x * (1.0 + scale if plus_one else scale)).astype(ctx.dtype)
+    scale = scope.param("scale", jnp.float32)
+    return (x * (1.0 + scale if plus_one else scale)).astype(scope.dtype)
 
 
 def split_heads(x_BxTxHK, num_heads: int):
@@ -126,10 +127,10 @@ def relative_position_bucket(relative_position, bidirectional: bool, num_buckets
     return ret + jnp.where(is_small, n, val_if_large)
 
 
-def relative_bias(p, views, q_pos_T, k_pos_S, bidirectional, num_buckets, max_distance):
+def relative_bias(scope: Scope, q_pos_T, k_pos_S, bidirectional, num_buckets, max_distance):
     """[1, H, T, S] position bias from the shared relative-position embedding."""
     buckets_TxS = relative_position_bucket(k_pos_S[None, :] - q_pos_T[:, None], bidirectional, num_buckets, max_distance)
-    table_NxH = pa.param(p, "rel_embedding", views, jnp.float32)
+    table_NxH = scope.param("rel_embedding", jnp.float32)
     return jnp.transpose(table_NxH[buckets_TxS], (2, 0, 1))[None]
 
 
@@ -145,13 +146,13 @@ def rope(x_BxTxHxK, positions_BxT, theta: float):
     return out.astype(x_BxTxHxK.dtype)
 
 
-def gated_mlp(x_BxTxD, p, views, ctx, activation: str, dropout: float, name: str):
+def gated_mlp(x_BxTxD, scope: Scope, activation: str, dropout: float):
     """act(x W0) * (x W1) then Wo; (IA)^3 on the hidden reaches Wo's input."""
     act = {"gelu": lambda h: jax.nn.gelu(h, approximate=True), "silu": jax.nn.silu}[activation]
-    h0 = pa.linear(x_BxTxD, p["wi_0"], pa.child(views, "wi_0"), ctx, name + "/wi_0")
-    h1 = pa.linear(x_BxTxD, p["wi_1"], pa.child(views, "wi_1"), ctx, name + "/wi_1")
-    h = ctx.dropout(act(h0) * h1, dropout, name + "/hidden")
-    return pa.linear(h, p["wo"], pa.child(views, "wo"), ctx, name + "/wo")
+    h0 = scope.child("wi_0").linear(x_BxTxD)
+    h1 = scope.child("wi_1").linear(x_BxTxD)
+    h = scope.dropout(act(h0) * h1, dropout, "hidden")
+    return scope.child("wo").linear(h)
 
 
 def update_cache(cache_BxLxGxK, new_BxTxGxK, index):

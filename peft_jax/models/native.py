@@ -16,18 +16,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from peft_jax import tree as tu
+from peft_jax.fileio import atomic_write, read_json_beside
+from peft_jax.models import registry
 from peft_jax.models import safetensors_io as st
-from peft_jax.models.decoder import DecoderConfig, DecoderModel
-from peft_jax.models.hf import CheckpointError
-from peft_jax.models.t5 import T5Config, T5Model
-
-_KINDS = {"T5Config": (T5Config, T5Model), "DecoderConfig": (DecoderConfig, DecoderModel)}
+from peft_jax.models import spec
+from peft_jax.models.errors import CheckpointError
 
 
 def save(path: str, model, params: dict) -> None:
     """Writes `path/config.json` and `path/params.safetensors` (atomically, each file)."""
-    from peft_jax.peft.io import atomic_write  # the peft package imports models: resolve lazily
-
     os.makedirs(path, exist_ok=True)
     tensors = {k: np.asarray(jax.device_get(v)) for k, v in tu.flatten(params).items()}
     digest = hashlib.sha256(b"".join(tensors[k].tobytes() for k in sorted(tensors))).hexdigest()
@@ -45,15 +42,11 @@ def is_native(path: str) -> bool:
 def load(path: str):
     """(model, params) from a directory written by `save`; checksums are verified."""
     cfg_path, w_path = os.path.join(path, "config.json"), os.path.join(path, "params.safetensors")
-    for p in (cfg_path, w_path):
-        if not os.path.isfile(p):
-            raise CheckpointError(f"{p}: missing (expected a peft_jax native checkpoint)")
-    with open(cfg_path, encoding="utf-8") as f:
-        meta = json.load(f)
-    if meta.get("kind") not in _KINDS:
+    meta = read_json_beside(cfg_path, (w_path,), CheckpointError, "a peft_jax native checkpoint")
+    model_cls = registry.class_for_config_name(meta.get("kind"))
+    if model_cls is None:
         raise CheckpointError(f"{cfg_path}: unknown model kind {meta.get('kind')!r}")
-    config_cls, model_cls = _KINDS[meta["kind"]]
-    model = model_cls(config_cls(**meta["config"]))
+    model = model_cls(model_cls.CONFIG_CLASS(**meta["config"]))
     try:
         f = st.SafetensorsFile(w_path)
     except st.SafetensorsError as e:
@@ -62,7 +55,7 @@ def load(path: str):
     digest = hashlib.sha256(b"".join(tensors[k].tobytes() for k in sorted(tensors))).hexdigest()
     if digest != f.metadata.get("sha256"):
         raise CheckpointError(f"{w_path}: checksum mismatch: the file is corrupted")
-    want = set(tu.flatten(model.param_specs(), is_leaf=lambda x: hasattr(x, "axes")))
+    want = set(spec.flatten(model.param_specs()))
     if want != set(tensors):
         raise CheckpointError(f"{w_path}: parameters differ from the config: missing {sorted(want - set(tensors))[:5]},"
                               f" unexpected {sorted(set(tensors) - want)[:5]}")

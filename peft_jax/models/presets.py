@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from peft_jax.models.decoder import DecoderConfig, DecoderModel
-from peft_jax.models.t5 import T5Config, T5Model
+from peft_jax.models.decoder import DecoderConfig
+from peft_jax.models.registry import model_for_config
+from peft_jax.models.t5 import T5Config
 
 _MT5_VOCAB = 250_112
 
@@ -46,4 +47,4 @@ def get_model(name: str, **overrides):
     if unknown:
         raise ValueError(f"unknown {type(config).__name__} fields {unknown}; known: {sorted(fields)}")
     config = dataclasses.replace(config, **overrides)
-    return T5Model(config) if isinstance(config, T5Config) else DecoderModel(config)
+    return model_for_config(config)

@@ -2,7 +2,8 @@
 
 A model describes its parameters once, as a nested dict of `ParamSpec`; the
 real parameters, their abstract shapes (for loading into a sharding without
-materialising) and their logical axis names are all derived from it.
+materialising) and their logical axis names are all derived from it
+(`models.base.Model.init`, `abstract_params`, `logical_axes`).
 """
 
 from __future__ import annotations
@@ -69,20 +70,3 @@ def logical_axes(specs: dict) -> dict:
 def count(tree) -> int:
     """Number of scalars in a tree of arrays, shape structs or specs."""
     return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree, is_leaf=is_spec)))
-
-
-class SpecModel:
-    """What every model derives from its `param_specs()`: params, abstract params, logical axes, dtype."""
-
-    def init(self, rng: jax.Array) -> dict:
-        return init_params(self.param_specs(), rng)
-
-    def abstract_params(self) -> dict:
-        return abstract_params(self.param_specs())
-
-    def logical_axes(self) -> dict:
-        return logical_axes(self.param_specs())
-
-    @property
-    def dtype(self):
-        return jnp.dtype(self.config.dtype)

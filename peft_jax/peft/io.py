@@ -12,15 +12,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 
 import jax
 import numpy as np
 
 from peft_jax import tree as tu
+from peft_jax.fileio import atomic_write  # also re-exported: peft_jax.peft.io.atomic_write
 from peft_jax.models import safetensors_io as st
 from peft_jax.peft.core import check_base
-from peft_jax.peft.module import Module, PeftConfigError, config_from_dict, config_to_dict
+from peft_jax.peft.errors import PeftConfigError
+from peft_jax.peft.module import PeftModule, config_from_dict, config_to_dict
 
 FORMAT = "peft_jax.module"
 VERSION = 1
@@ -38,26 +39,7 @@ def _digest(tensors: dict[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
-def atomic_write(path: str, write_fn, overwrite: bool = False) -> None:
-    """Calls write_fn(tmp_path), fsyncs, then renames onto `path`: a reader sees the old file or the new one."""
-    path = os.fspath(path)
-    if os.path.exists(path) and not overwrite:
-        raise FileExistsError(f"{path}: already exists; pass overwrite=True to replace it")
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    os.close(fd)
-    try:
-        write_fn(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def save(path: str, peft: Module, metadata: dict | None = None, *, overwrite: bool = False) -> None:
+def save(path: str, peft: PeftModule, metadata: dict | None = None, *, overwrite: bool = False) -> None:
     """Saves `peft` (arrays + config + metadata, with `metadata` merged into the module's own)."""
     if metadata:
         peft = peft.with_metadata(**metadata)
@@ -67,7 +49,7 @@ def save(path: str, peft: Module, metadata: dict | None = None, *, overwrite: bo
     atomic_write(path, lambda tmp: st.write(tmp, tensors, header), overwrite=overwrite)
 
 
-def load(path: str, base_params: dict | None = None) -> Module:
+def load(path: str, base_params: dict | None = None) -> PeftModule:
     """Loads a module file; with `base_params`, also checks it was trained on that base."""
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -89,8 +71,8 @@ def load(path: str, base_params: dict | None = None) -> Module:
         config = config_from_dict(json.loads(meta["config"]))
     except (PeftConfigError, KeyError, json.JSONDecodeError) as e:
         raise ModuleFileError(f"{path}: bad module config ({e})") from None
-    module = Module(params=tu.unflatten({k: jax.numpy.asarray(v) for k, v in tensors.items()}), config=config,
-                    batched=json.loads(meta.get("batched", "false")), metadata_json=meta.get("metadata", "{}"))
+    module = PeftModule(params=tu.unflatten({k: jax.numpy.asarray(v) for k, v in tensors.items()}), config=config,
+                        batched=json.loads(meta.get("batched", "false")), metadata_json=meta.get("metadata", "{}"))
     if base_params is not None:
         check_base(base_params, module)
     return module

@@ -9,8 +9,10 @@
   evaluate/<t> every recipe decoded on the target's test split and scored (ROUGE, CI, wrong language)
   report      results.md / results.csv / plots, printed
 
-Each stage is skipped when its marker exists (see `runner`), training stages resume from their own
-checkpoints, and everything is seeded, so an interrupted run finishes with the same results.
+Decoding, scoring, bootstrap and the results writers are `peft_jax.evaluation`'s, the same path as
+launch/evaluate.py. Each stage is skipped when its marker exists (see `runner`), training stages
+resume from their own checkpoints, and everything is seeded, so an interrupted run finishes with
+the same results.
 """
 
 from __future__ import annotations
@@ -19,15 +21,18 @@ import copy
 import functools
 import json
 import os
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from peft_jax import compose, data, metrics, peft
-from peft_jax.pipeline import report
+from peft_jax import compose, data, evaluation, languages, peft
+from peft_jax.fileio import atomic_write
+from peft_jax.models import get_model, load_pretrained, native
+from peft_jax.pipeline.pretrain import pretrain
 from peft_jax.pipeline.runner import Stages, workdir_lock
+from peft_jax.train.loop import train
+from peft_jax.tree import flatten
 
 RECIPES = ("task_only", "add", "weighted", "analogy", "stack", "multi_source")
 
@@ -53,8 +58,6 @@ def prepare_data(config, workdir: str) -> dict:
 
 def text_path(paths: dict, lang: str) -> str:
     """The unlabeled-text path of `lang`: '{language}', '{iso1}', '{iso3}' in the pattern are filled in."""
-    from peft_jax import languages
-
     if lang in paths.get("text_overrides", {}):
         return paths["text_overrides"][lang]
     l = languages.resolve(lang)
@@ -82,9 +85,6 @@ def prepare_base(config, workdir: str, paths: dict, tok_path: str, log) -> str:
     """The base checkpoint: given, or pre-trained here on every language's unlabeled text."""
     if config.base.checkpoint:
         return config.base.checkpoint
-    from peft_jax.models import get_model, native
-    from peft_jax.pipeline.pretrain import pretrain
-
     tok = data.load_tokenizer(tok_path, extra_ids=config.tokenizer.extra_ids)
     p = config.base.pretrain
     model = get_model(p.preset, vocab_size=tok.vocab_size, **dict(p.overrides))
@@ -109,8 +109,6 @@ def prepare_base(config, workdir: str, paths: dict, tok_path: str, log) -> str:
 # ------------------------------------------------------------------------------ training
 def train_module(config, workdir: str, kind: str, lang: str, paths: dict, tok_path: str, base_path: str) -> str:
     """Trains the language ('lang') or task ('task') module of `lang`; returns its module file."""
-    from peft_jax.train.loop import train
-
     cfg = copy.deepcopy(config.lang_train if kind == "lang" else config.task_train)
     cfg.model.checkpoint = base_path
     cfg.data.tokenizer = tok_path
@@ -125,77 +123,29 @@ def train_module(config, workdir: str, kind: str, lang: str, paths: dict, tok_pa
 
 # ------------------------------------------------------------------------------- context
 class Context:
-    """Everything the compose / evaluate stages share: base, tokenizer, modules, decoding settings."""
+    """Everything the compose / evaluate stages share: base, tokenizer, modules, decoder, scoring."""
 
     def __init__(self, config, paths: dict, tok_path: str, base_path: str, modules: dict[str, str]):
-        from peft_jax import load_pretrained
-
         self.config, self.paths = config, paths
         self.tok = data.load_tokenizer(tok_path, extra_ids=config.tokenizer.extra_ids)
         self.model, self.params = load_pretrained(base_path)
         self.modules = {k: peft.load(v, base_params=self.params) for k, v in modules.items()}
         self.world = _world(config)
+        # No eos_id option: generation stops at the base's own EOS (the tokenizer's for a trained or released base).
+        self.decoder = evaluation.Decoder.from_config(self.model, self.params, self.tok, config.decode)
+        e = config.eval
+        # The world's identifier knows its made-up languages; it says None for text it cannot place.
+        ident = (lambda t: self.world.identify(t) or "und") if self.world is not None else "langid"
+        self.scoring = evaluation.Scoring(tokenization=e.tokenization, spm_path=e.spm_path or None,
+                                          identifier=ident, bootstrap_samples=e.bootstrap_samples, seed=config.seed)
 
     def examples(self, lang: str, split: str, n: int) -> list[dict]:
-        out = []
-        for ex in data.xlsum(self.paths["xlsum_dir"], lang, split):
-            out.append(ex)
-            if len(out) == n:
-                break
-        return out
-
-    def features(self, examples: list[dict]) -> dict[str, np.ndarray]:
-        """Encoder inputs (mT5) or right-padded prompts with their lengths (decoder-only)."""
-        d, tok = self.config.decode, self.tok
-        if self.model.family == "encoder_decoder":
-            rows = [data.seq2seq_features(tok.encode(ex["text"]), [], d.max_input_len, 1, eos_id=tok.eos_id,
-                                          pad_id=tok.pad_id)["encoder_input_tokens"] for ex in examples]
-            return {"encoder_input_tokens": np.stack(rows)}
-        prompts = [[tok.pad_id] + tok.encode(ex["text"])[: d.max_input_len - 2] + [tok.eos_id] for ex in examples]
-        width = d.max_input_len
-        toks = np.full((len(prompts), width), tok.pad_id, np.int32)
-        for i, p in enumerate(prompts):
-            toks[i, : len(p)] = p
-        return {"decoder_input_tokens": toks, "decoder_prompt_lengths": np.array([len(p) for p in prompts], np.int32)}
+        """The first `n` examples of `lang`'s XL-Sum split."""
+        return evaluation.read_examples(self.paths["xlsum_dir"], lang, split, n)
 
     def decode(self, examples: list[dict], pefts) -> list[str]:
         """Summaries for `examples`; `pefts` is one module / list of modules, or a batched module (row i)."""
-        d = self.config.decode
-        feats = self.features(examples)
-        n, bs = len(examples), d.batch_size
-        out = []
-        for start in range(0, n, bs):
-            idx = np.minimum(np.arange(start, start + bs), n - 1)  # pad the last batch: one compiled shape
-            batch = {k: jnp.asarray(v[idx]) for k, v in feats.items()}
-            mod = _rows(pefts, idx)
-            res = _generate(self.model, self.params, batch, mod, d)
-            toks = np.asarray(res["tokens"])[: min(bs, n - start)]
-            out.extend(self.tok.decode(t.tolist()) for t in toks)
-        return out
-
-    def score(self, lang: str, predictions: list[str], references: list[str]) -> dict:
-        e = self.config.eval
-        r = metrics.rouge(predictions, references, lang=lang, tokenization=e.tokenization,
-                          spm_path=self.config.eval.spm_path or None, per_example=True)
-        # The world's identifier knows its made-up languages; it says None for text it cannot place.
-        ident = (lambda t: self.world.identify(t) or "und") if self.world is not None else "langid"
-        r["wrong_language_rate"] = metrics.wrong_language_rate(predictions, lang, identifier=ident)
-        return r
-
-
-def _rows(pefts, idx):
-    """Rows `idx` of a batched module; other modules pass through."""
-    if isinstance(pefts, peft.Module) and pefts.batched:
-        return pefts.replace(params=jax.tree.map(lambda x: x[idx], pefts.params))
-    return pefts
-
-
-def _generate(model, params, batch, module, d):
-    from peft_jax.decode import generate
-
-    return generate(model, params, batch, peft=module, method=d.method, max_decode_len=d.max_decode_len,
-                    num_beams=d.num_beams, length_penalty=d.length_penalty,
-                    no_repeat_ngram_size=d.no_repeat_ngram_size)
+        return self.decoder([ex["text"] for ex in examples], pefts)[0]
 
 
 # ------------------------------------------------------------------------------ recipes
@@ -221,7 +171,7 @@ def recipe_modules(ctx: Context, recipe: str, target: str, lam: float | None):
     raise ValueError(f"unknown recipe {recipe!r}; known: {RECIPES}")
 
 
-def _grid(ctx: Context, recipe: str, target: str, lams) -> peft.Module:
+def _grid(ctx: Context, recipe: str, target: str, lams) -> peft.PeftModule:
     """All λ of a recipe as one batched module (one vmapped composition)."""
     c, m = ctx.config, ctx.modules
     task, lang_t, lang_s = m[f"task/{c.source_language}"], m[f"lang/{target}"], m[f"lang/{c.source_language}"]
@@ -242,8 +192,7 @@ def select_lambda(ctx: Context, target: str) -> dict:
         n = len(examples)
         rows = grid.replace(params=jax.tree.map(lambda x: jnp.repeat(x, n, axis=0), grid.params))
         preds = ctx.decode(examples * len(lams), rows)  # row g*n + i: example i under λ_g
-        scores = [metrics.rouge(preds[g * n:(g + 1) * n], refs, lang=target, tokenization=c.eval.tokenization,
-                                spm_path=c.eval.spm_path or None)["rougeL"] for g in range(len(lams))]
+        scores = [ctx.scoring.rouge(preds[g * n:(g + 1) * n], refs, target)["rougeL"] for g in range(len(lams))]
         best = int(np.argmax(scores))
         out[recipe] = {"lambdas": lams, "rougeL": scores, "best": lams[best]}
     return out
@@ -253,52 +202,44 @@ def evaluate_target(ctx: Context, workdir: str, target: str, sweeps: dict) -> li
     """Decodes the target's test split with every recipe; writes predictions; returns table rows."""
     c = ctx.config
     examples = ctx.examples(target, "test", c.eval.n_test)
-    refs = [ex["summary"] for ex in examples]
-    rows, per_example = [], {}
     pred_dir = os.path.join(workdir, "predictions")
     os.makedirs(pred_dir, exist_ok=True)
+    rows, per_example = [], {}
     for recipe in c.recipes:
         lam = sweeps.get(recipe, {}).get("best")
-        preds = ctx.decode(examples, recipe_modules(ctx, recipe, target, lam))
-        with open(os.path.join(pred_dir, f"{target}.{recipe}.jsonl"), "w", encoding="utf-8") as f:
-            for ex, p in zip(examples, preds):
-                f.write(json.dumps({"id": ex["id"], "prediction": p, "reference": ex["summary"]},
-                                   ensure_ascii=False) + "\n")
-        s = ctx.score(target, preds, refs)
-        per_example[recipe] = s["per_example"]
-        row = {"language": target, "recipe": recipe, "lambda": lam, "num_examples": len(examples),
-               "wrong_language_rate": s["wrong_language_rate"], "rougeLsum": s["rougeLsum"]}
-        for key in ("rouge1", "rouge2", "rougeL"):
-            row[key], row[key + "_low"], row[key + "_high"] = metrics.bootstrap_ci(
-                s["per_example"][key], num_samples=c.eval.bootstrap_samples, seed=c.seed)
-        rows.append(row)
+        row, per_example[recipe] = evaluation.run_system(ctx.decoder, ctx.scoring, target, examples,
+                                                         recipe_modules(ctx, recipe, target, lam),
+                                                         os.path.join(pred_dir, f"{target}.{recipe}.jsonl"))
+        rows.append({"recipe": recipe, "lambda": lam, **row})
     base = per_example.get("task_only")
     for row in rows:
         if base is not None and row["recipe"] != "task_only":
-            t = metrics.paired_bootstrap(per_example[row["recipe"]]["rougeL"], base["rougeL"],
-                                         num_samples=c.eval.bootstrap_samples, seed=c.seed)
-            row["delta_rougeL"], row["p_value"] = t["delta"], t["p_value"]
+            row.update(ctx.scoring.compare(per_example[row["recipe"]], base))
     return rows
 
 
-def write_report(workdir: str, rows: list[dict], sweeps: dict) -> str:
-    md, _ = report.write_results(workdir, rows)
-    report.bar_plot(rows, os.path.join(workdir, "results_by_language.png"))
+def sweeps_by_recipe(sweeps: dict) -> dict[str, dict[str, list[tuple[float, float]]]]:
+    """{target: {recipe: sweep}} -> {recipe: {target: [(λ, validation ROUGE-L)]}}."""
     by_recipe: dict[str, dict] = {}
     for target, s in sweeps.items():
         for recipe, r in s.items():
             by_recipe.setdefault(recipe, {})[target] = list(zip(r["lambdas"], r["rougeL"]))
+    return by_recipe
+
+
+def write_report(workdir: str, rows: list[dict], sweeps: dict) -> str:
+    """results.md (recipes table, then the λ sweeps), results.csv and the plots; returns the recipes table."""
+    table = evaluation.markdown_table(evaluation.RECIPE_TABLE, rows)
+    by_recipe = sweeps_by_recipe(sweeps)
+    evaluation.write_markdown(os.path.join(workdir, "results.md"), "Results",
+                              "ROUGE F1 ×100 with 95% bootstrap intervals; ΔL: paired bootstrap against task_only.",
+                              table + evaluation.sweep_section(by_recipe))
+    evaluation.write_csv(os.path.join(workdir, "results.csv"), rows, evaluation.RECIPE_CSV_COLUMNS)
+    evaluation.bar_plot(rows, os.path.join(workdir, "results_by_language.png"), series="recipe",
+                        title="Zero-shot summarization by recipe (95% bootstrap CI)")
     if by_recipe:
-        report.sweep_plot(by_recipe, os.path.join(workdir, "lambda_sweep.png"), "validation ROUGE-L ×100")
-        with open(os.path.join(workdir, "results.md"), "a", encoding="utf-8") as f:
-            f.write("\n## λ sweeps (validation ROUGE-L ×100; the chosen λ is used on test)\n\n")
-            for recipe, per_lang in by_recipe.items():
-                lams = [l for l, _ in next(iter(per_lang.values()))]
-                f.write(f"\n{recipe}\n\n| language | " + " | ".join(f"λ={l:g}" for l in lams) + " |\n")
-                f.write("|---|" + "---|" * len(lams) + "\n")
-                for lang, pts in sorted(per_lang.items()):
-                    f.write(f"| {lang} | " + " | ".join(f"{100 * v:.1f}" for _, v in pts) + " |\n")
-    return md
+        evaluation.sweep_plot(by_recipe, os.path.join(workdir, "lambda_sweep.png"), "validation ROUGE-L ×100")
+    return table
 
 
 # ---------------------------------------------------------------------------------- run
@@ -311,15 +252,11 @@ def check_config(config, workdir: str) -> None:
     path = os.path.join(workdir, "config.json")
     current = json.loads(config.to_json_best_effort(sort_keys=True))
     if not os.path.exists(path):
-        from peft_jax.peft.io import atomic_write
-
         atomic_write(path, lambda tmp: open(tmp, "w").write(json.dumps(current, indent=1, sort_keys=True)))
         return
     with open(path, encoding="utf-8") as f:
         saved = json.load(f)
     if saved != current:
-        from peft_jax.tree import flatten
-
         a, b = flatten(saved), flatten(current)
         diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
         raise ConfigMismatchError(f"workdir {workdir} holds a run of another config (differs in {diff[:8]}); "

@@ -16,15 +16,11 @@ import os
 import time
 from typing import Any, Callable
 
-from peft_jax.peft.io import atomic_write
+from peft_jax.fileio import WorkdirError, atomic_write
 
 
 class WorkdirLockedError(RuntimeError):
     """Another pipeline run holds this workdir."""
-
-
-class WorkdirError(OSError):
-    """The workdir cannot be created or written."""
 
 
 @contextlib.contextmanager

@@ -27,6 +27,8 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
+from peft_jax.fileio import atomic_write
+
 
 class DataStateHandler(ocp.CheckpointHandler):
     """Saves/restores one JSON dict per process (`process_<i>-of-<n>.json`)."""
@@ -90,8 +92,6 @@ def _files(step_dir: str) -> list[str]:
 
 def write_manifest(step_dir: str) -> None:
     """sha256 of every file of a finished checkpoint, written atomically as its last file."""
-    from peft_jax.peft.io import atomic_write
-
     manifest = {f: _digest(os.path.join(step_dir, f)) for f in _files(step_dir)}
     atomic_write(os.path.join(step_dir, MANIFEST), lambda tmp: open(tmp, "w").write(json.dumps(manifest)),
                  overwrite=True)

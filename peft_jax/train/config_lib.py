@@ -1,7 +1,13 @@
-"""Checks of training configs: unknown fields (with the close ones), bad values, PEFT config building."""
+"""Checks of training configs: unknown fields (with the close ones), bad values; the PEFT sections and configs.
+
+The PEFT part of a training config is built from the registered families: one section per family
+holding its config dataclass's defaults (`peft_sections`), turned back into the dataclass by
+`peft_config`, so the defaults are written once, in the family files.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib.util
 import pathlib
@@ -9,7 +15,7 @@ from typing import Sequence
 
 import ml_collections
 
-from peft_jax import peft as peft_lib
+from peft_jax.peft import families
 from peft_jax.train import losses
 
 
@@ -82,8 +88,8 @@ def check_values(config) -> None:
     """Range checks of the fields the loop relies on, each naming the field."""
     _require(config.objective in losses.OBJECTIVES,
              f"objective={config.objective!r}; expected one of {losses.OBJECTIVES}")
-    _require(config.peft.family in peft_lib.module.FAMILIES,
-             f"peft.family={config.peft.family!r}; expected one of {peft_lib.module.FAMILIES}")
+    _require(config.peft.family in families.names(),
+             f"peft.family={config.peft.family!r}; expected one of {families.names()}")
     for name in ("num_steps", "batch_size", "micro_batches", "checkpoint_every", "keep_checkpoints", "log_every"):
         _require(int(config[name]) >= 1, f"{name} must be >= 1, got {config[name]}")
     _require(int(config.eval_every) >= 0 and int(config.eval_steps) >= 0,
@@ -95,13 +101,26 @@ def check_values(config) -> None:
              f"peft.sparse.dense_fraction must be in [0, 1), got {config.peft.sparse.dense_fraction}")
 
 
-def peft_config(cfg) -> peft_lib.module.PeftConfig:
+def _defaults(config_class) -> dict:
+    """{field: default} of a config dataclass's constructor fields."""
+    fields = [f for f in dataclasses.fields(config_class) if f.init]
+    return {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory() for f in fields}
+
+
+def peft_sections() -> ml_collections.ConfigDict:
+    """One section per registered PEFT family: its config's defaults and its training-schedule knobs."""
+    return ml_collections.ConfigDict({name: {**_defaults(families.get(name).config_class),
+                                             **families.get(name).schedule_fields} for name in families.names()})
+
+
+def peft_config(cfg):
     """The PEFT dataclass config of `cfg.family` from its section (`cfg.lora`, `cfg.prompt`, ...)."""
-    fields = dict(cfg[cfg.family])
-    fields.pop("dense_fraction", None)  # a training-schedule knob, not part of the module
-    if "init_text_ids" in fields:
-        fields["init_text_ids"] = tuple(fields["init_text_ids"])
+    family = families.get(cfg.family)
+    # Schedule knobs (sparse: dense_fraction) steer training, they are not part of the module; configs
+    # are hashable, so sequences become tuples.
+    fields = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in dict(cfg[cfg.family]).items()
+              if k not in family.schedule_fields}
     try:
-        return peft_lib.module.CONFIG_CLASSES[cfg.family](**fields)
+        return family.config_class(**fields)
     except TypeError as e:
         raise ConfigError(f"peft.{cfg.family}: {e}") from None

@@ -28,7 +28,7 @@ import numpy as np
 
 from peft_jax import data as data_lib
 from peft_jax.data import preprocess
-from peft_jax.peft.io import atomic_write
+from peft_jax.fileio import atomic_write
 from peft_jax.train import losses
 
 SOURCES = ("synthetic", "text", "xlsum", "tokens")
@@ -87,27 +87,25 @@ class ArrayIterator:
         self.position = int(state["position"])
 
 
-def memorisable_features(family: str, objective: str, *, num_examples: int, length: int, vocab_size: int,
+def memorisable_features(model, objective: str, *, num_examples: int, length: int, vocab_size: int,
                          seed: int = 0, eos_id: int = 1, pad_id: int = 0) -> dict[str, np.ndarray]:
     """A tiny learnable task: random token sequences and a fixed function of them.
 
-    Encoder-decoder: the target is the input reversed; decoder-only causal LM:
-    the sequence itself; prefix LM / seq2seq: the prefix then its reversal.
+    `model`: a model, model class or family name. Causal LM: the sequence itself; every other
+    objective: the input and its reversal as the model's (input, target) pair features.
     Tokens avoid the special ids (pad, eos, unk) at the bottom of the vocabulary.
     """
-    losses.required_keys(family, objective)
+    contract = losses.model_contract(model)
+    losses.required_keys(contract, objective)
     rng = np.random.default_rng(seed)
     half = max(1, length // 2 - 1)
     rows = []
     for _ in range(num_examples):
         ids = rng.integers(3, vocab_size, size=half)
-        if family == "encoder_decoder":
-            rows.append(preprocess.seq2seq_features(ids, ids[::-1], length, half + 1, eos_id=eos_id, pad_id=pad_id))
-        elif objective == "causal_lm":
+        if objective == "causal_lm":
             rows.append(preprocess.lm_features(ids, length, eos_id=eos_id, pad_id=pad_id))
         else:
-            rows.append(preprocess.prefix_lm_features(ids, ids[::-1], length, eos_id=eos_id, pad_id=pad_id,
-                                                      max_target_len=half + 1))
+            rows.append(contract.pair_features(ids, ids[::-1], length, half + 1, eos_id=eos_id, pad_id=pad_id))
     return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 
 
@@ -182,7 +180,7 @@ def _text_of(record) -> str:
     return record["text"] if isinstance(record, dict) else record
 
 
-def _preprocess_fn(cfg, family: str, objective: str, tok, start_id: int) -> Callable:
+def _preprocess_fn(cfg, model, objective: str, tok) -> Callable:
     """record -> features for one objective (span corruption draws its spans from the pipeline rng)."""
     ids = lambda text: tok.encode(text)
     kw = dict(eos_id=tok.eos_id, pad_id=tok.pad_id)
@@ -196,11 +194,8 @@ def _preprocess_fn(cfg, family: str, objective: str, tok, start_id: int) -> Call
         return lambda r: preprocess.lm_features(ids(_text_of(r)), cfg.input_length, **kw)
     if objective == "prefix_lm":  # unlabeled text: the first half is the prefix, the rest the target
         return lambda r: _split_prefix_lm(ids(_text_of(r)), cfg.input_length, kw)
-    if family == "encoder_decoder":
-        return lambda r: preprocess.seq2seq_features(ids(r["text"]), ids(r["summary"]), cfg.input_length,
-                                                     cfg.target_length, decoder_start_id=start_id, **kw)
-    return lambda r: preprocess.prefix_lm_features(ids(r["text"]), ids(r["summary"]), cfg.input_length,
-                                                   max_target_len=cfg.target_length, **kw)
+    return lambda r: model.pair_features(ids(r["text"]), ids(r["summary"]), cfg.input_length, cfg.target_length,
+                                         decoder_start_id=model.decoder_start_id, **kw)
 
 
 def _split_prefix_lm(ids: list[int], length: int, kw: dict) -> dict:
@@ -216,8 +211,14 @@ class Shard:
     rows: slice
     global_batch_size: int
 
+    def __post_init__(self):
+        if not 0 <= self.rows.start < self.rows.stop <= self.global_batch_size:
+            raise ValueError(f"shard rows {self.rows.start}:{self.rows.stop} do not lie inside a global batch of "
+                             f"{self.global_batch_size}")
+
     @property
     def local_batch_size(self) -> int:
+        """Rows of the global batch that this process feeds."""
         return self.rows.stop - self.rows.start
 
     @property
@@ -229,18 +230,16 @@ class Shard:
 
 def make_iterator(cfg, model, objective: str, tok, shard: Shard, split: str, seed: int) -> BatchIterator:
     """The batch iterator of a split: 'train' is shuffled, 'eval' keeps the held-out records in order."""
-    family = model.family
-    losses.required_keys(family, objective)
+    losses.required_keys(model, objective)
     train = split == "train"
     if cfg.source == "tokens":
-        feats = memorisable_features(family, objective, num_examples=cfg.num_examples if train else cfg.eval_examples,
+        feats = memorisable_features(model, objective, num_examples=cfg.num_examples if train else cfg.eval_examples,
                                      length=cfg.input_length, vocab_size=model.config.vocab_size,
                                      seed=seed if train else seed + 1, eos_id=model.config.eos_id,
                                      pad_id=model.config.pad_id)
         return ArrayIterator(feats, shard.global_batch_size, shard.rows, seed=seed, shuffle=train)
     records = _records(cfg, split, labeled=objective == "seq2seq")
-    start_id = getattr(model.config, "decoder_start_id", tok.pad_id)
-    fn = _preprocess_fn(cfg, family, objective, tok, start_id)
+    fn = _preprocess_fn(cfg, model, objective, tok)
     index, count = shard.index_count
     # Both splits repeat: evaluation takes its first eval_steps batches in file order, however small the split.
     return data_lib.make_iterator(records, fn, shard.local_batch_size, seed, shard_index=index, shard_count=count,

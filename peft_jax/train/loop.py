@@ -24,16 +24,13 @@ import numpy as np
 from tqdm import tqdm
 
 from peft_jax import peft as peft_lib
+from peft_jax.fileio import WorkdirError
 from peft_jax.models import get_model
 from peft_jax.train import checkpoints, config_lib, inputs, losses, optimizers, partitioning, reporting, sparse
 from peft_jax.train import step as step_lib
 
 
 Hook = Callable[[int, dict], None]
-
-
-class WorkdirError(ValueError):
-    """The work directory cannot be created or written."""
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -209,7 +206,7 @@ def _evaluate(s: _Static, run: _PhaseRun, tok, shard) -> dict:
     it = inputs.make_iterator(cfg.data, s.model, cfg.objective, tok, shard, "eval", cfg.seed)
     total = None
     for _ in range(cfg.eval_steps):
-        host = losses.prepare_batch(next(it), s.model.family, cfg.objective, s.model.config.pad_id)
+        host = losses.prepare_batch(next(it), s.model, cfg.objective, s.model.config.pad_id)
         sums = run.eval_fn(run.module, s.params, partitioning.global_batch(host, s.mesh, cfg.batch_size, s.rules))
         total = sums if total is None else jax.tree.map(jnp.add, total, sums)
     total = jax.device_get(total)
@@ -220,7 +217,7 @@ def _evaluate(s: _Static, run: _PhaseRun, tok, shard) -> dict:
 def _one_step(s: _Static, run: _PhaseRun, host_batch: dict, rng, step: int) -> tuple[_PhaseRun, dict]:
     """Runs train step number `step` (0-based) and returns host metrics."""
     cfg = s.config
-    batch = losses.prepare_batch(host_batch, s.model.family, cfg.objective, s.model.config.pad_id)
+    batch = losses.prepare_batch(host_batch, s.model, cfg.objective, s.model.config.pad_id)
     batch = partitioning.global_batch(batch, s.mesh, cfg.batch_size, s.rules)
     step_rng = s.fold_in(rng, step)
     if not run.compiled:
@@ -265,7 +262,7 @@ def _setup(config, workdir: str):
     partitioning.check_batch(config.batch_size, mesh, rules, config.micro_batches)
     tok = inputs.build_tokenizer(config.data, config.objective, workdir)
     model, params = build_model(config, tok, mesh, rules)
-    losses.required_keys(model.family, config.objective)
+    losses.required_keys(model, config.objective)
     repl = partitioning.replicated(mesh)
     batch_sh = jax.sharding.NamedSharding(mesh, partitioning.batch_spec(rules))
     s = _Static(config, model, params, mesh, rules, config_lib.peft_config(config.peft), repl,

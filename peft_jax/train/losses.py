@@ -4,7 +4,8 @@ Losses are returned as *sums* over the weighted tokens together with the sum
 of the weights, so that micro-batches, devices and hosts can be combined
 exactly: the mean is taken once, over the whole global batch.
 
-Objectives and the batch fields (t5x names) they need:
+Each model declares the objectives it supports and the batch fields (t5x
+names) each needs (`Model.OBJECTIVES`); today:
 
   span_corruption, seq2seq on the encoder-decoder model:
       encoder_input_tokens, decoder_input_tokens, decoder_target_tokens
@@ -14,6 +15,9 @@ Objectives and the batch fields (t5x names) they need:
   prefix_lm, seq2seq on the decoder-only model:
       decoder_input_tokens, decoder_target_tokens, decoder_causal_attention (the
       bidirectional prefix) and decoder_loss_weights (the prefix is not scored)
+
+Where a function takes `model`, a model, a model class or a family name
+('encoder_decoder', 'decoder_only') will do.
 """
 
 from __future__ import annotations
@@ -26,11 +30,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from peft_jax.models import Model, model_class
+
 OBJECTIVES = ("span_corruption", "seq2seq", "causal_lm", "prefix_lm")
-_FAMILY_OBJECTIVES = {
-    "encoder_decoder": ("span_corruption", "seq2seq"),
-    "decoder_only": ("causal_lm", "prefix_lm", "seq2seq"),
-}
 MODEL_KEYS = ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights",
               "decoder_causal_attention")
 
@@ -146,33 +148,36 @@ def _fused_head_ce_bwd(z_loss, transposed, scale, chunk, dx, g):
 _fused_head_ce.defvjp(_fused_head_ce_fwd, _fused_head_ce_bwd)
 
 
-def required_keys(family: str, objective: str) -> tuple[str, ...]:
-    """The batch fields an objective needs on a model family (see the module docstring)."""
+def model_contract(model: Model | type[Model] | str) -> type[Model]:
+    """The model class that declares objectives and features for `model` (`BatchError` if unknown)."""
+    try:
+        return model_class(model)
+    except ValueError as e:
+        raise BatchError(str(e)) from None
+
+
+def required_keys(model: Model | type[Model] | str, objective: str) -> tuple[str, ...]:
+    """The batch fields `objective` needs on `model` (see the module docstring)."""
     if objective not in OBJECTIVES:
         raise BatchError(f"unknown objective {objective!r}; expected one of {OBJECTIVES}")
-    if family not in _FAMILY_OBJECTIVES:
-        raise BatchError(f"unknown model family {family!r}; expected one of {sorted(_FAMILY_OBJECTIVES)}")
-    if objective not in _FAMILY_OBJECTIVES[family]:
-        raise BatchError(f"objective {objective!r} does not apply to a {family} model; "
-                         f"use one of {_FAMILY_OBJECTIVES[family]}")
-    keys = ("decoder_input_tokens", "decoder_target_tokens")
-    if family == "encoder_decoder":
-        return ("encoder_input_tokens",) + keys
-    if objective == "causal_lm":
-        return keys
-    return keys + ("decoder_causal_attention", "decoder_loss_weights")
+    cls = model_contract(model)
+    if objective not in cls.OBJECTIVES:
+        raise BatchError(f"objective {objective!r} does not apply to a {cls.family} model; "
+                         f"use one of {tuple(cls.OBJECTIVES)}")
+    return cls.OBJECTIVES[objective]
 
 
-def prepare_batch(batch: dict, family: str, objective: str, pad_id: int = 0) -> dict[str, np.ndarray]:
+def prepare_batch(batch: dict, model: Model | type[Model] | str, objective: str,
+                  pad_id: int = 0) -> dict[str, np.ndarray]:
     """Checks a host batch for `objective` and returns only the fields the model and loss read.
 
     Missing loss weights are derived from padding where that is unambiguous.
     Packed batches (segment ids) are refused: the models have no segment-aware
     attention, so packed examples would attend to each other.
     """
-    missing = [k for k in required_keys(family, objective) if k not in batch]
+    missing = [k for k in required_keys(model, objective) if k not in batch]
     if missing:
-        raise BatchError(f"{objective} batch for a {family} model lacks fields {missing}; "
+        raise BatchError(f"{objective} batch for a {model_contract(model).family} model lacks fields {missing}; "
                          f"it has {sorted(batch)}")
     packed = sorted(k for k in batch if k.endswith("_segment_ids"))
     if packed:

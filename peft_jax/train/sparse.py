@@ -17,41 +17,29 @@ import jax.numpy as jnp
 import numpy as np
 
 from peft_jax import tree as tu
-from peft_jax.peft import Module, SparseConfig
-from peft_jax.peft.core import TargetError
+from peft_jax.peft import PeftModule, SparseConfig
+from peft_jax.peft.families import sparse as sparse_family
+from peft_jax.peft.families.sparse import num_selected  # the count `peft.init` uses; re-exported here
 
 
-def _target_leaves(model, config: SparseConfig) -> dict:
-    specs = tu.flatten(model.param_specs(), is_leaf=lambda x: hasattr(x, "axes"))
-    hits = tu.select(specs, config.targets)
-    if not hits:
-        raise TargetError(f"sparse targets regex {config.targets!r} matches no parameter path")
-    return {p: specs[p] for p in hits}
-
-
-def num_selected(size: int, density: float) -> int:
-    """Entries kept in a leaf of `size` entries (the same count `peft.init` uses)."""
-    return max(1, int(round(density * size)))
-
-
-def dense_module(model, config: SparseConfig) -> Module:
+def dense_module(model, config: SparseConfig) -> PeftModule:
     """Phase-1 module: a zero delta on every entry of every target leaf (density 1)."""
     params = {}
-    for path, spec in _target_leaves(model, config).items():
+    for path, spec in sparse_family.target_leaves(model, config).items():
         size = int(np.prod(spec.shape))
         params[path] = {"indices": jnp.arange(size, dtype=jnp.int32), "values": jnp.zeros((size,), jnp.float32)}
-    return Module(params=tu.unflatten(params), config=dataclasses.replace(config, density=1.0))
+    return PeftModule(params=tu.unflatten(params), config=dataclasses.replace(config, density=1.0))
 
 
-def select(module: Module, density: float, *, rewind: bool = True) -> Module:
+def select(module: PeftModule, density: float, *, rewind: bool = True) -> PeftModule:
     """Keeps the top `density` fraction of entries of each leaf by |value| (ties: lower index first).
 
     rewind=True zeroes the kept values (LT-SFT retrains the selected entries
     from the pretrained weights); rewind=False keeps the dense-phase values.
     """
-    if module.family != "sparse":
+    if not isinstance(module.config, SparseConfig):
         raise ValueError(f"select needs a sparse module, got family {module.family!r}")
-    nodes = tu.flatten(module.params, is_leaf=lambda x: isinstance(x, dict) and "indices" in x)
+    nodes = sparse_family.FAMILY.nodes(module.params)
     out = {}
     for path, node in nodes.items():
         values = node["values"]

@@ -1,0 +1,194 @@
+"""Reading blocks shared by every source: lines of plain or gzip files, JSON records, paths, checks.
+
+Lines are read one at a time, so a file larger than memory is fine. Invalid UTF-8 either raises
+``BadEncodingError`` (``on_bad_utf8="fail"``) or is skipped and counted (``"skip"``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob as glob_lib
+import gzip
+import json
+import logging
+import os
+import pathlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+from peft_jax.data.sources.errors import (BadEncodingError, DataError, EmptySplitError, MalformedRecordError,
+                                          MissingDataError, MissingFieldError)
+
+log = logging.getLogger(__name__)
+
+# Summarization examples from every source are dicts with XL-Sum's fields.
+XLSUM_FIELDS = ("id", "title", "summary", "text")
+# Split names as users write them -> the suffix of the released file names.
+_SPLIT_SUFFIX = {"train": "train", "validation": "val", "val": "val", "dev": "val", "test": "test"}
+BAD_UTF8_POLICIES = ("fail", "skip")
+
+
+@dataclasses.dataclass
+class ReadStats:
+    """Counters of one pass over a stream; ``skipped_bad_utf8`` lines were dropped."""
+
+    lines: int = 0
+    records: int = 0
+    skipped_bad_utf8: int = 0
+
+
+def split_suffix(split: str) -> str:
+    """Maps ``train``/``validation``/``val``/``test`` to the released file-name suffix."""
+    key = split.strip().lower() if isinstance(split, str) else split
+    if key not in _SPLIT_SUFFIX:
+        raise ValueError(f"unknown split {split!r}; expected one of {sorted(_SPLIT_SUFFIX)}")
+    return _SPLIT_SUFFIX[key]
+
+
+def check_policy(on_bad_utf8: str) -> None:
+    """Rejects an unknown ``on_bad_utf8`` value."""
+    if on_bad_utf8 not in BAD_UTF8_POLICIES:
+        raise ValueError(f"on_bad_utf8 must be one of {BAD_UTF8_POLICIES}, got {on_bad_utf8!r}")
+
+
+def decode_line(raw: bytes, where: str, on_bad_utf8: str) -> str | None:
+    """Decodes one line; returns None for an invalid line under the ``skip`` policy."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        if on_bad_utf8 == "fail":
+            raise BadEncodingError(
+                f"{where}: not valid UTF-8 ({err.reason} at byte {err.start}); "
+                f"pass on_bad_utf8='skip' to skip and count such lines") from None
+        return None
+
+
+def _open_binary(path: pathlib.Path):
+    """Opens a plain or gzip-compressed file for binary line reading."""
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+
+
+def read_lines(path: str | os.PathLike, on_bad_utf8: str = "fail",
+               stats: ReadStats | None = None) -> Iterator[tuple[int, str]]:
+    """Yields ``(line_number, text)`` of a text or ``.gz`` file, one line at a time.
+
+    Line terminators and a leading byte-order mark are removed. Lines that are not
+    UTF-8 raise ``BadEncodingError`` or, with ``on_bad_utf8="skip"``, are skipped and
+    counted in ``stats.skipped_bad_utf8`` (and logged once at the end of the file).
+    """
+    check_policy(on_bad_utf8)
+    path = pathlib.Path(path)
+    stats = stats if stats is not None else ReadStats()
+    skipped_before = stats.skipped_bad_utf8
+    try:
+        with _open_binary(path) as f:
+            for line_no, raw in enumerate(f, start=1):
+                stats.lines += 1
+                text = decode_line(raw, f"{path}:{line_no}", on_bad_utf8)
+                if text is None:
+                    stats.skipped_bad_utf8 += 1
+                    continue
+                # A BOM only ever starts the first line of a file.
+                yield line_no, (text.lstrip("\ufeff") if line_no == 1 else text).rstrip("\r\n")
+    except gzip.BadGzipFile as err:
+        raise DataError(f"{path}: not a valid gzip file ({err})") from None
+    if stats.skipped_bad_utf8 > skipped_before:
+        log.warning("%s: skipped %d line(s) that are not valid UTF-8", path,
+                    stats.skipped_bad_utf8 - skipped_before)
+
+
+def parse_json_record(line: str, where: str, fields: Sequence[str] | None) -> dict[str, Any]:
+    """Parses one JSON-lines record and keeps ``fields`` (all fields when None).
+
+    Raises:
+      MalformedRecordError: the line is not a JSON object (``where`` names file:line).
+      MissingFieldError: a required field is absent.
+    """
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise MalformedRecordError(f"{where}: malformed JSON line ({err.msg} at column {err.colno})") from None
+    if not isinstance(record, dict):
+        raise MalformedRecordError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    if fields is None:
+        return record
+    missing = [f for f in fields if f not in record]
+    if missing:
+        raise MissingFieldError(f"{where}: missing field(s) {missing}; expected {list(fields)}, "
+                                f"found {sorted(record)}")
+    return {f: record[f] for f in fields}
+
+
+def require_dir(path: pathlib.Path, what: str, layout: str) -> None:
+    """Raises MissingDataError (stating the expected layout) when ``path`` is not a directory."""
+    if not path.is_dir():
+        raise MissingDataError(f"{what} directory {str(path)!r} does not exist; expected layout: {layout}")
+
+
+def require_file(path: pathlib.Path, what: str, layout: str, present: Sequence[str] = ()) -> None:
+    """Raises MissingDataError naming the missing file, the layout and what is present instead."""
+    if not path.is_file():
+        hint = f"; present: {', '.join(sorted(present)[:12])}" if present else ""
+        raise MissingDataError(f"{what}: file {str(path)!r} not found; expected layout: {layout}{hint}")
+
+
+def expand_paths(paths_or_glob: str | os.PathLike | Sequence[str | os.PathLike]) -> list[pathlib.Path]:
+    """Expands a path, a glob pattern or a list of them into sorted, existing files."""
+    items = [paths_or_glob] if isinstance(paths_or_glob, (str, os.PathLike)) else list(paths_or_glob)
+    out: list[pathlib.Path] = []
+    for item in items:
+        item = str(item)
+        if glob_lib.has_magic(item):
+            matches = sorted(glob_lib.glob(item))
+            if not matches:
+                raise MissingDataError(f"no file matches the pattern {item!r}")
+            out.extend(pathlib.Path(m) for m in matches)
+        elif not pathlib.Path(item).is_file():
+            raise MissingDataError(f"text file {item!r} not found")
+        else:
+            out.append(pathlib.Path(item))
+    if not out:
+        raise MissingDataError("no input files given")
+    return out
+
+
+class LazyMapped:
+    """Re-iterable ``map(fn, factory())`` whose underlying iterable is rebuilt on each pass."""
+
+    def __init__(self, factory: Callable[[], Iterable], fn: Callable):
+        self.factory, self.fn = factory, fn
+
+    def __iter__(self):
+        return (self.fn(x) for x in self.factory())
+
+
+class JsonLinesExamples:
+    """A re-iterable stream of records from JSON-lines files (optionally gzip-compressed).
+
+    Each iteration re-opens the files and reads them line by line. Blank lines are
+    ignored. ``stats`` holds the counters of the latest pass. A pass that yields no
+    record raises ``EmptySplitError``.
+    """
+
+    def __init__(self, paths: Sequence[pathlib.Path], fields: Sequence[str] | None,
+                 on_bad_utf8: str = "fail", transform: Callable[[dict], Any] | None = None):
+        check_policy(on_bad_utf8)
+        self.paths = [pathlib.Path(p) for p in paths]
+        self.fields = tuple(fields) if fields is not None else None
+        self.on_bad_utf8 = on_bad_utf8
+        self.transform = transform
+        self.stats = ReadStats()
+
+    def __iter__(self) -> Iterator[Any]:
+        self.stats = ReadStats()
+        for path in self.paths:
+            for line_no, line in read_lines(path, self.on_bad_utf8, self.stats):
+                if not line.strip():
+                    continue
+                record = parse_json_record(line, f"{path}:{line_no}", self.fields)
+                self.stats.records += 1
+                yield self.transform(record) if self.transform else record
+        if self.stats.records == 0:
+            names = ", ".join(str(p) for p in self.paths)
+            raise EmptySplitError(f"no records in {names} ({self.stats.lines} line(s) read, "
+                                  f"{self.stats.skipped_bad_utf8} skipped as invalid UTF-8)")
