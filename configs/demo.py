@@ -15,6 +15,8 @@ import pathlib
 
 import ml_collections
 
+from peft_jax import distributed
+
 
 def _train_config(arg: str):
     """configs/train.py's get_config (the training knobs of every module stage)."""
@@ -99,4 +101,8 @@ def get_config(arg: str = ""):
     c.eval.tokenization = "multilingual"  # multilingual | sentencepiece | default
     c.eval.spm_path = ""  # sentencepiece tokenization: the model to split with
     c.eval.bootstrap_samples = 1000
+
+    # One switch for every stage: the pipeline joins the other processes once and each training stage
+    # runs with this section (launch/tpu/tpu.py run sets --config.distributed.enabled=True).
+    c.distributed = distributed.section()
     return c

@@ -20,6 +20,8 @@ import os
 
 import ml_collections
 
+from peft_jax import distributed
+
 _SAMPLES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "data")  # in-repo samples
 
 
@@ -66,4 +68,5 @@ def get_config(arg=None):
     c.eval.identifier = "langid"  # language identifier of the wrong-language rate; '' = script check only
     c.eval.bootstrap_samples = 100 if runlocal else 1000  # resamples of the confidence intervals
     c.eval.seed = 0  # bootstrap seed
+    c.distributed = distributed.section()  # multi-host: process 0 evaluates, the others wait
     return c

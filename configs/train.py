@@ -20,6 +20,7 @@ Any field can then be overridden with --config.<field>=<value>.
 
 import ml_collections
 
+from peft_jax import distributed
 from peft_jax.train import config_lib
 
 _ARG_KEYS = ("model", "peft", "objective", "language", "source", "runlocal")
@@ -117,10 +118,5 @@ def get_config(arg=None):
     c.progress_bar = True  # tqdm bar on process 0
     c.tensorboard = True  # also write TensorBoard events (workdir/tensorboard)
 
-    c.distributed = ml_collections.ConfigDict()
-    c.distributed.enabled = False  # call jax.distributed.initialize (multi-host)
-    c.distributed.coordinator_address = ""  # host:port of process 0; '' = auto-detect (TPU, SLURM)
-    c.distributed.num_processes = -1  # -1 = auto-detect
-    c.distributed.process_id = -1  # -1 = auto-detect
-    c.distributed.cpu_collectives = ""  # 'gloo' for CPU-only multi-process runs
+    c.distributed = distributed.section()  # multi-host: --config.distributed.enabled=True (see peft_jax.distributed)
     return c

@@ -3,7 +3,7 @@
   python launch/pipeline.py --config=configs/xlsum_decoder.py \
       --config.base.checkpoint=/ckpt/gemma-2b --config.tokenizer.path=/ckpt/gemma-2b/tokenizer.model \
       --config.data.xlsum_dir=/data/xlsum --config.data.text_paths='/data/mc4/c4-{iso1}.json.gz' \
-      --workdir=gs://bucket/xlsum_gemma
+      --workdir=/mnt/disks/runs/xlsum_gemma
 
 Language modules: next-token prediction (causal LM) on unlabeled text; task module: prefix LM on
 XL-Sum English (article as the bidirectional prefix, summary as the target); decoding continues the

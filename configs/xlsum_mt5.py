@@ -3,7 +3,7 @@
   python launch/pipeline.py --config=configs/xlsum_mt5.py:size=xl \
       --config.base.checkpoint=/ckpt/mt5-xl --config.tokenizer.path=/ckpt/mt5-xl/spiece.model \
       --config.data.xlsum_dir=/data/xlsum --config.data.text_paths='/data/mc4/c4-{iso1}.json.gz' \
-      --workdir=gs://bucket/xlsum_mt5_xl
+      --workdir=/mnt/disks/runs/xlsum_mt5_xl
 
 English is the labeled source; the other XL-Sum languages are zero-shot targets (pass
 `targets=hindi+swahili+...` to choose). Language modules are trained with span corruption on
@@ -100,7 +100,7 @@ def get_config(arg: str = ""):
     c.eval.n_test = 4 if runlocal else 100_000
     c.eval.tokenization = "multilingual"
     c.eval.bootstrap_samples = 200 if runlocal else 1000
-    c.distributed = False  # set by launch/tpu/tpu.py run on multi-host TPU slices
+    # c.distributed (from configs/demo.py): --config.distributed.enabled=True on multi-host TPU slices
     return c
 
 

@@ -24,7 +24,7 @@ from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from peft_jax import compose, peft  # noqa: E402
+from peft_jax import compose, distributed, peft  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Composition config (configs/compose/*.py).",
                                           lock_config=True)
@@ -117,10 +117,13 @@ def run(config) -> str:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    config = _CONFIG.value
     try:
-        print(run(_CONFIG.value))
+        text = distributed.run_on_process_zero(config.distributed, lambda: run(config))
     except (ValueError, FileExistsError) as err:  # refusals and bad settings: one clear line, no traceback
         sys.exit(f"compose: {type(err).__name__}: {err}")
+    if text is not None:  # None on the other processes of a multi-host run
+        print(text)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from peft_jax import evaluate  # noqa: E402
+from peft_jax import distributed, evaluate  # noqa: E402
 from peft_jax.train import config_lib  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Evaluation config, e.g. configs/evaluate.py:runlocal")
@@ -26,10 +26,13 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
+    config = _CONFIG.value
     try:
-        evaluate.evaluate(_CONFIG.value, _WORKDIR.value)
+        rows = distributed.run_on_process_zero(config.distributed, lambda: evaluate.evaluate(config, _WORKDIR.value))
     except (ValueError, FileNotFoundError) as err:  # bad settings or data: one clear line, no traceback
         sys.exit(f"evaluate: {type(err).__name__}: {err}")
+    if rows is None:  # another process of a multi-host run: process 0 wrote the results
+        return
     with open(os.path.join(_WORKDIR.value, "results.md"), encoding="utf-8") as f:
         print(f.read())
 

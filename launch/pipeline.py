@@ -8,7 +8,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from peft_jax import cli
+from peft_jax import cli, distributed
 from peft_jax.pipeline import experiment
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file", lock_config=True)
@@ -17,7 +17,10 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "directory for every stage's out
 
 def main(argv):
     del argv
-    sys.exit(cli.run(lambda: experiment.run(_CONFIG.value, _WORKDIR.value)))
+    config = _CONFIG.value
+    # Joined here, before the first stage touches JAX; every training stage then runs with this same section.
+    distributed.initialize(config.distributed)
+    sys.exit(cli.run(lambda: experiment.run(config, _WORKDIR.value)))
 
 
 if __name__ == "__main__":

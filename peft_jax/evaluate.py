@@ -24,6 +24,7 @@ from absl import logging
 
 from peft_jax import data, evaluation, languages
 from peft_jax import peft as peft_lib
+from peft_jax.fileio import require_local
 from peft_jax.models import get_model, load_pretrained
 
 CSV_COLUMNS = evaluation.SYSTEM_CSV_COLUMNS
@@ -109,6 +110,7 @@ def write_results(workdir: str, rows: Sequence[dict], config) -> None:
 def evaluate(config, workdir: str) -> list[dict]:
     """Decodes and scores every language of the config; writes predictions, tables and the plot; returns rows."""
     names = check_config(config)
+    workdir = require_local(workdir)
     tok = data.load_tokenizer(config.data.tokenizer, extra_ids=config.data.extra_ids)
     model, params = load_base(config.base, tok)
     modules = load_modules(config.modules, params)

@@ -51,3 +51,16 @@ def read_json_beside(config_path: str, other_paths: tuple[str, ...], error: type
             raise error(f"{p}: missing (expected {expected})")
     with open(config_path, encoding="utf-8") as f:
         return json.load(f)
+
+
+def require_local(path: str | os.PathLike, what: str = "workdir") -> str:
+    """`path` as a string, refusing a URL (`gs://...`): workdir I/O is local-file-system only.
+
+    Without this, `os.path.abspath("gs://b/x")` would quietly become a local folder `./gs:/b/x`.
+    """
+    path = os.fspath(path)
+    scheme, sep, _ = path.partition("://")
+    if sep and scheme.isidentifier():
+        raise WorkdirError(f"{what} {path!r}: remote {scheme}:// paths are not supported; use a local path "
+                           "(on Cloud TPU a local disk, then `launch/tpu/tpu.py fetch`)")
+    return path

@@ -2,6 +2,7 @@
 
 import ast
 import errno
+import importlib.util
 import pathlib
 
 import pytest
@@ -10,6 +11,8 @@ from peft_jax import fileio
 from peft_jax.peft import io as peft_io
 from peft_jax.pipeline import runner
 from peft_jax.train import loop
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def test_atomic_write_replaces_only_when_asked_and_leaves_no_temporary_file(tmp_path):
@@ -53,3 +56,29 @@ def test_workdir_error_is_one_class_caught_as_os_and_value_error(tmp_path):
             pass
     with pytest.raises(ValueError, match="not writable"):
         loop.check_workdir(str(blocker / "run"))
+
+
+
+def _evaluate_runlocal_config():
+    spec = importlib.util.spec_from_file_location("_eval_cfg", ROOT / "configs" / "evaluate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config("runlocal")
+
+
+@pytest.mark.parametrize("entry", ["train", "pipeline", "evaluate"])
+def test_remote_workdirs_are_refused_instead_of_becoming_local_folders(entry, tmp_path, monkeypatch):
+    from peft_jax import evaluate
+
+    monkeypatch.chdir(tmp_path)
+    calls = {"train": lambda: loop.check_workdir("gs://bucket/run"),
+             "pipeline": lambda: runner.workdir_lock("gs://bucket/run").__enter__(),
+             "evaluate": lambda: evaluate.evaluate(_evaluate_runlocal_config(), "gs://bucket/run")}
+    with pytest.raises(fileio.WorkdirError, match=r"'gs://bucket/run': remote gs:// paths are not supported"):
+        calls[entry]()
+    assert list(tmp_path.iterdir()) == []  # no local ./gs:/bucket/run was made
+
+
+def test_local_paths_with_colons_are_not_mistaken_for_urls():
+    assert fileio.require_local("runs/a:b") == "runs/a:b"
+    assert fileio.require_local("runs/x://y") == "runs/x://y"  # the scheme must be a plain name

@@ -8,7 +8,6 @@ import pathlib
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -122,20 +121,3 @@ def test_resuming_with_another_config_is_refused(demo_run):
     other = _config("demo", **{**SMALL, "lambdas": (0.25, 1.0)})
     with pytest.raises(experiment.ConfigMismatchError, match=r"another config \(differs in \['lambdas/0'"):
         experiment.run(other, workdir, log=lambda _: None)
-
-
-def test_notebook_runs_top_to_bottom(demo_run):
-    """The Colab notebook, executed on the finished demo workdir (its stages are reused, not redone)."""
-    import nbclient
-    import nbformat
-
-    nb = nbformat.read(ROOT / "notebooks" / "language_task_arithmetic.ipynb", as_version=4)
-    os.environ["PEFT_JAX_NOTEBOOK_WORKDIR"] = demo_run[0]
-    try:
-        nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
-                                resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
-    finally:
-        del os.environ["PEFT_JAX_NOTEBOOK_WORKDIR"]
-    outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
-    assert "λ=" in outputs and "ROUGE-L" in outputs
-    assert any("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.outputs)

@@ -1,11 +1,9 @@
-"""Two local processes joined by jax.distributed (gloo CPU collectives) train like one process."""
+"""Two workers started by the TPU launcher (`tpu.py run --simulate=2`: the per-worker command, joined through
+the one distributed switch, gloo CPU collectives) train like one process."""
 
-import os
 import pathlib
-import socket
 import subprocess
 import sys
-import textwrap
 
 import jax
 import numpy as np
@@ -17,41 +15,21 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 from test_train_sharding import tiny_config  # noqa: E402  (same tiny run as the sharding test)
 
-# Each process: 2 CPU devices; the global mesh (fsdp=2, model=2) splits the base and the batch across processes.
-WORKER = textwrap.dedent("""
-    import os, sys
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
-    sys.path.insert(0, {tests!r})
-    from test_train_sharding import tiny_config
-    from peft_jax.train import loop
-    port, pid, workdir = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-    config = tiny_config("palm_tiny", "lora", data=1, fsdp=2, model_axis=2)
-    d = config.distributed
-    d.enabled, d.coordinator_address, d.num_processes, d.process_id = True, f"127.0.0.1:{{port}}", 2, pid
-    d.cpu_collectives = "gloo"
-    import jax
-    result = loop.train(config, workdir)
-    assert jax.process_count() == 2 and len(jax.devices()) == 4 and len(jax.local_devices()) == 2
-    print("PROCESS-OK", pid, result.metrics["loss"])
-""")
+# tiny_config("palm_tiny", "lora", data=1, fsdp=2, model_axis=2) as flags of launch/train.py: with 2 CPU devices
+# per worker, the global mesh (fsdp=2, model=2) splits the base and the batch across the two processes.
+TINY = ("--config=configs/train.py:model=palm_tiny,peft=lora,source=tokens --config.num_steps=3 "
+        "--config.batch_size=8 --config.checkpoint_every=3 --config.eval_every=0 --config.data.input_length=16 "
+        "--config.data.num_examples=32 --config.progress_bar=False --config.tensorboard=False "
+        "--config.mesh.data=1 --config.mesh.fsdp=2 --config.mesh.model=2")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_two_processes_give_the_params_of_one_process(tmp_path):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    script = WORKER.format(tests=str(ROOT / "tests"))
-    port = str(_free_port())
-    workers = [subprocess.Popen([sys.executable, "-c", script, port, str(i), str(tmp_path / "two")], cwd=ROOT,
-                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-               for i in range(2)]
-    outputs = [w.communicate(timeout=900) for w in workers]
-    for i, (w, (out, err)) in enumerate(zip(workers, outputs)):
-        assert w.returncode == 0 and f"PROCESS-OK {i}" in out, f"process {i}:\n{err[-4000:]}"
+def test_two_simulated_tpu_workers_give_the_params_of_one_process(tmp_path):
+    launcher = [sys.executable, str(ROOT / "launch" / "tpu" / "tpu.py"), "run", "--simulate=2", "--simulate_devices=2",
+                f"--log_dir={tmp_path / 'logs'}", f"--command=launch/train.py {TINY} --workdir={tmp_path / 'two'}"]
+    proc = subprocess.run(launcher, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    logs = {i: (tmp_path / "logs" / f"worker-{i}.log").read_text() for i in range(2)}
+    assert proc.returncode == 0, f"{proc.stderr}\nworker 0:\n{logs[0][-3000:]}\nworker 1:\n{logs[1][-3000:]}"
+    assert "final module:" in logs[0]
     # Process 0 alone wrote the metrics and the final module; the checkpoint holds both data positions.
     assert (tmp_path / "two" / "final_module").is_file()
     data_dir = tmp_path / "two" / "checkpoints" / "3" / "data"

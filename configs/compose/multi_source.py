@@ -11,6 +11,8 @@ Run:
 
 from ml_collections import config_dict
 
+from peft_jax import distributed
+
 
 def get_config(by: str | None = None) -> config_dict.ConfigDict:
     config = config_dict.ConfigDict()
@@ -30,4 +32,5 @@ def get_config(by: str | None = None) -> config_dict.ConfigDict:
     config.base = ""  # optional Hugging Face checkpoint dir: inputs must have been trained on it
     config.output = ""  # where the composed module is saved
     config.overwrite = False  # replace an existing output file
+    config.distributed = distributed.section()  # multi-host: process 0 composes, the others wait
     return config

@@ -61,14 +61,12 @@ def _plot_scaling(ax, rows: list[Row], jobs: list[dict], prefix: str, label: str
     ax.legend(fontsize=7)
 
 
-def plot(rows: list[Row], jobs: list[dict], path: str) -> None:
-    """One figure, a panel per kind of result present: ratios, composition vs floor, scaling sweeps."""
+def figure(rows: list[Row], jobs: list[dict]):
+    """One `matplotlib.figure.Figure`, a panel per kind of result present: ratios, composition vs floor,
+    scaling sweeps. Drawn without pyplot, so the caller's matplotlib backend is left alone."""
     # Imported here, not at the top: the workers import this package, and matplotlib would count in
     # the memory they measure.
-    import matplotlib  # pylint: disable=import-outside-toplevel
-
-    matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+    from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
 
     panels = []
     if any(r.ratio is not None and not r.case.startswith(("scaling/", "compose/")) for r in rows):
@@ -80,11 +78,16 @@ def plot(rows: list[Row], jobs: list[dict], path: str) -> None:
             panels.append(lambda ax, rows, jobs, p=prefix, lab=label: _plot_scaling(ax, rows, jobs, p, lab))
     cols = min(2, max(1, len(panels)))
     nrows = (len(panels) + cols - 1) // cols or 1
-    fig, axes = plt.subplots(nrows, cols, figsize=(7.5 * cols, 5.5 * nrows), squeeze=False)
+    fig = Figure(figsize=(7.5 * cols, 5.5 * nrows))
+    axes = fig.subplots(nrows, cols, squeeze=False)
     for ax, draw in zip(axes.flat, panels):
         draw(ax, rows, jobs)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
+
+
+def plot(rows: list[Row], jobs: list[dict], path: str) -> None:
+    """Saves `figure(rows, jobs)` to path (benchmark.png)."""
+    figure(rows, jobs).savefig(path, dpi=110)

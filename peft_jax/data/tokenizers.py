@@ -22,6 +22,8 @@ from collections.abc import Iterable, Sequence
 
 import sentencepiece as spm
 
+from peft_jax import extras
+
 SENTINEL_FORMAT = "<extra_id_{}>"
 
 
@@ -197,9 +199,9 @@ def _load_sentencepiece(path: pathlib.Path, extra_ids: int, pad_id: int | None) 
 
 def _load_huggingface(path: pathlib.Path, extra_ids: int, pad_id: int | None) -> HuggingFaceTokenizer:
     """Loads a tokenizer directory offline with ``transformers``."""
-    from transformers import AutoTokenizer  # pylint: disable=import-outside-toplevel
+    transformers = extras.require("transformers", "loading a Hugging Face tokenizer directory")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except (OSError, ValueError, TypeError) as err:
         raise TokenizerFileError(f"{path}: not a loadable Hugging Face tokenizer directory ({err})") from None
     return HuggingFaceTokenizer(tokenizer, extra_ids, pad_id, str(path))

@@ -24,7 +24,7 @@ import functools
 import unicodedata
 from collections.abc import Callable, Sequence
 
-from peft_jax import languages
+from peft_jax import extras, languages
 
 MIN_SCRIPT_SHARE = 0.5
 
@@ -90,7 +90,7 @@ def script_share(text: str, script: str) -> float:
 @functools.cache
 def _langid_identifier():
     """A private langid identifier (langid's module-level one is global state)."""
-    from langid import langid  # pylint: disable=import-outside-toplevel
+    langid = extras.require("langid.langid", "the langid language identifier")
     return langid.LanguageIdentifier.from_modelstring(langid.model, norm_probs=False)
 
 

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 from rouge_score import rouge_scorer, tokenizers
 
-from peft_jax import languages
+from peft_jax import extras, languages
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 TOKENIZATIONS = ("multilingual", "sentencepiece", "default")
@@ -103,7 +103,7 @@ def segment_burmese(text: str) -> list[str]:
 @functools.cache
 def _jieba():
     """The jieba segmenter, initialized once (it builds a prefix dictionary)."""
-    import jieba  # pylint: disable=import-outside-toplevel
+    jieba = extras.require("jieba", "Chinese ROUGE segmentation")
     jieba.setLogLevel(60)  # jieba logs its dictionary loading at INFO
     jieba.initialize()
     return jieba
@@ -117,8 +117,8 @@ def segment_chinese(text: str) -> list[str]:
 @functools.cache
 def _mecab():
     """A MeCab (fugashi) tagger on the bundled UniDic-lite dictionary: no download."""
-    import fugashi  # pylint: disable=import-outside-toplevel
-    import unidic_lite  # pylint: disable=import-outside-toplevel
+    fugashi = extras.require("fugashi", "Japanese ROUGE segmentation")
+    unidic_lite = extras.require("unidic_lite", "Japanese ROUGE segmentation")
     return fugashi.Tagger(f'-O wakati -b 50000 -d "{unidic_lite.DICDIR}"')
 
 
@@ -129,7 +129,7 @@ def segment_japanese(text: str) -> list[str]:
 
 def segment_thai(text: str) -> list[str]:
     """Thai words by PyThaiNLP's dictionary-based ``newmm`` engine (needs no download)."""
-    from pythainlp.tokenize import word_tokenize  # pylint: disable=import-outside-toplevel
+    word_tokenize = extras.require("pythainlp.tokenize", "Thai ROUGE segmentation").word_tokenize
     return [t for t in word_tokenize(text, engine="newmm", keep_whitespace=False) if t.strip()]
 
 
@@ -192,12 +192,12 @@ _SEGMENTERS: dict[str, Callable[[str], list[str]]] = {
 @functools.cache
 def snowball_algorithm(language: languages.Language | None) -> str | None:
     """The PyStemmer Snowball algorithm for ``language``, or None when there is none."""
-    import Stemmer  # pylint: disable=import-outside-toplevel
     if language is None:
         return None
+    stemmer = extras.require("Stemmer", "multilingual ROUGE stemming")
     name = _SNOWBALL_ALIASES.get(language.name, language.name)
     # "porter" and "dutch_porter" are variants, never a language of the table.
-    return name if name in Stemmer.algorithms() and "porter" not in name else None
+    return name if name in stemmer.algorithms() and "porter" not in name else None
 
 
 class MultilingualTokenizer:
@@ -218,8 +218,7 @@ class MultilingualTokenizer:
         algorithm = snowball_algorithm(language)
         self._stemmer = None
         if algorithm:
-            import Stemmer  # pylint: disable=import-outside-toplevel
-            self._stemmer = Stemmer.Stemmer(algorithm)
+            self._stemmer = extras.require("Stemmer", "multilingual ROUGE stemming").Stemmer(algorithm)
 
     def tokenize(self, text: str) -> list[str]:
         """Tokens of ``text`` after normalization, segmentation and stemming."""

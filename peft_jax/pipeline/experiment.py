@@ -116,6 +116,7 @@ def train_module(config, workdir: str, kind: str, lang: str, paths: dict, tok_pa
     cfg.data.language = lang
     cfg.data.paths = text_path(paths, lang) if kind == "lang" else paths["xlsum_dir"]
     cfg.seed = config.seed
+    cfg.distributed = config.distributed  # the one multi-host switch reaches every training stage
     run_dir = os.path.join(workdir, "train", f"{kind}_{lang}")
     train(cfg, run_dir)
     return os.path.join(run_dir, "final_module")
@@ -251,6 +252,7 @@ def check_config(config, workdir: str) -> None:
     """Records the config on the first run; refuses to resume a workdir with a different one."""
     path = os.path.join(workdir, "config.json")
     current = json.loads(config.to_json_best_effort(sort_keys=True))
+    current.pop("distributed", None)  # how processes meet (a coordinator port) is not part of the experiment
     if not os.path.exists(path):
         atomic_write(path, lambda tmp: open(tmp, "w").write(json.dumps(current, indent=1, sort_keys=True)))
         return

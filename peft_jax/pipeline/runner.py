@@ -16,7 +16,7 @@ import os
 import time
 from typing import Any, Callable
 
-from peft_jax.fileio import WorkdirError, atomic_write
+from peft_jax.fileio import WorkdirError, atomic_write, require_local
 
 
 class WorkdirLockedError(RuntimeError):
@@ -26,6 +26,7 @@ class WorkdirLockedError(RuntimeError):
 @contextlib.contextmanager
 def workdir_lock(workdir: str):
     """Exclusive lock on `<workdir>/.lock` (released when the process dies, so a stale lock never blocks)."""
+    require_local(workdir)
     try:
         os.makedirs(workdir, exist_ok=True)
         fd = os.open(os.path.join(workdir, ".lock"), os.O_RDWR | os.O_CREAT, 0o644)

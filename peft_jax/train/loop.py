@@ -23,8 +23,9 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
+from peft_jax import distributed
 from peft_jax import peft as peft_lib
-from peft_jax.fileio import WorkdirError
+from peft_jax.fileio import WorkdirError, require_local
 from peft_jax.models import get_model
 from peft_jax.train import checkpoints, config_lib, inputs, losses, optimizers, partitioning, reporting, sparse
 from peft_jax.train import step as step_lib
@@ -60,20 +61,13 @@ class Phase:
 
 # ------------------------------------------------------------------------------------ setup
 def initialize_distributed(cfg) -> None:
-    """jax.distributed.initialize from the config's `distributed` section (before any other JAX call)."""
-    if not cfg.enabled:
-        return
-    if cfg.cpu_collectives:  # CPU all-reduces across processes need an explicit implementation
-        jax.config.update("jax_cpu_collectives_implementation", cfg.cpu_collectives)
-    kwargs = {"coordinator_address": cfg.coordinator_address or None,
-              "num_processes": cfg.num_processes if cfg.num_processes > 0 else None,
-              "process_id": cfg.process_id if cfg.process_id >= 0 else None}
-    jax.distributed.initialize(**kwargs)
+    """Joins the other processes as the config's `distributed` section says (see `peft_jax.distributed`)."""
+    distributed.initialize(cfg)
 
 
 def check_workdir(workdir: str) -> str:
     """Creates `workdir` if needed and proves it is writable; returns its absolute path."""
-    path = os.path.abspath(os.fspath(workdir))
+    path = os.path.abspath(require_local(workdir))
     try:
         os.makedirs(path, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):

@@ -1,4 +1,4 @@
-"""Run metrics: JSON lines and TensorBoard from process 0, and the loss-curve plot at the end."""
+"""Run metrics: JSON lines and TensorBoard from process 0, and the loss-curve figure at the end."""
 
 from __future__ import annotations
 
@@ -62,17 +62,19 @@ def read_metrics(workdir: str) -> dict[int, dict]:
     return out
 
 
-def plot_losses(workdir: str, filename: str = "loss_curve.png") -> str | None:
-    """Writes the train (and eval) loss curves to workdir/filename; None if nothing was logged."""
-    records = read_metrics(workdir)
+def loss_figure(records: dict[int, dict]):
+    """A `matplotlib.figure.Figure` of the train (and eval) loss curves; None if no loss was logged.
+
+    Drawn without pyplot, so the caller's matplotlib backend (e.g. a notebook's inline one) is
+    left alone: a training run inside a notebook must not stop its later plots from showing.
+    """
     series = {k: [(s, r[k]) for s, r in sorted(records.items()) if isinstance(r.get(k), (int, float))]
               for k in ("loss", "eval_loss")}
     if not series["loss"]:
         return None
-    import matplotlib  # pylint: disable=import-outside-toplevel
-    matplotlib.use("Agg")  # no display on training machines
-    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-    fig, ax = plt.subplots(figsize=(6, 4))
+    from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel  (slow to import)
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     for name, points in series.items():
         if points:
             ax.plot(*zip(*points), marker="o" if name == "eval_loss" else None, label=name)
@@ -80,7 +82,14 @@ def plot_losses(workdir: str, filename: str = "loss_curve.png") -> str | None:
     ax.set_ylabel("loss (nats / token)")
     ax.legend()
     ax.grid(alpha=0.3)
+    return fig
+
+
+def plot_losses(workdir: str, filename: str = "loss_curve.png") -> str | None:
+    """Writes the train (and eval) loss curves to workdir/filename; None if nothing was logged."""
+    fig = loss_figure(read_metrics(workdir))
+    if fig is None:
+        return None
     path = os.path.join(workdir, filename)
     fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
     return path

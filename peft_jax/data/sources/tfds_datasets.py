@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from peft_jax import languages
+from peft_jax import extras, languages
 from peft_jax.data.sources.errors import MissingDataError, MissingDependencyError
 from peft_jax.data.sources.reading import LazyMapped, split_suffix
 from peft_jax.data.sources.text import mc4_code
@@ -20,12 +20,7 @@ from peft_jax.data.sources.text import mc4_code
 
 def _import_tfds():
     """Imports tensorflow_datasets lazily with a clear error when it is missing."""
-    try:
-        import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-    except ImportError:
-        raise MissingDependencyError("TFDS sources need `tensorflow-datasets`: "
-                                     "pip install tensorflow-datasets") from None
-    return tfds
+    return extras.require("tensorflow_datasets", "TFDS sources", MissingDependencyError)
 
 
 def tfds_source(name: str, split: str, data_dir: str | os.PathLike | None = None) -> Sequence[Any]:
