@@ -35,6 +35,12 @@ def install_hint(module: str) -> str:
     return f'pip install "peft_jax[{EXTRA_OF[top]}]"'
 
 
+def absent_package(err: ImportError, packages=EXTRA_OF) -> str | None:
+    """The package of `packages` (top-level names) whose absence raised `err`, or None for any other failure."""
+    top = (err.name or "").split(".", 1)[0]
+    return top if isinstance(err, ModuleNotFoundError) and top in packages else None
+
+
 def require(module: str, feature: str, error: type[ImportError] = MissingExtraError) -> ModuleType:
     """Imports `module` for `feature`, or raises `error` naming the extra that installs it."""
     try:
@@ -42,7 +48,7 @@ def require(module: str, feature: str, error: type[ImportError] = MissingExtraEr
     except ModuleNotFoundError as err:
         # Only the optional package itself being absent is a missing extra; a broken install
         # (one of its own dependencies missing) keeps its original error.
-        if err.name is None or err.name.split(".", 1)[0] != module.split(".", 1)[0]:
+        if absent_package(err) != module.split(".", 1)[0]:
             raise
         raise error(f"{feature} needs `{module.split('.', 1)[0]}`, which is not installed: "
                     f"{install_hint(module)}") from None

@@ -2,6 +2,8 @@
 
 import ast
 import pathlib
+import subprocess
+import sys
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "peft_jax"
 
@@ -67,3 +69,11 @@ def test_the_package_has_no_import_cycle():
 def test_the_cycle_check_finds_a_cycle():
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert _cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_modules_and_composition_import_without_the_data_pipeline():
+    # Composing saved modules must not pay for grain, SentencePiece and the source readers at import.
+    code = ("import sys, peft_jax.models, peft_jax.peft, peft_jax.compose; "
+            "print(sorted(m for m in ('grain', 'sentencepiece', 'peft_jax.data.sources') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import time
 import zlib
-from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -22,18 +21,12 @@ import numpy as np
 import peft_jax
 from peft_jax import compose, peft
 from peft_jax.bench import cases
+from peft_jax.bench.worker import Runner
 from peft_jax.compose import algebra
 from peft_jax.models import safetensors_io
 from peft_jax.peft import families
 from peft_jax.train import losses, optimizers, partitioning
 from peft_jax.train import step as step_lib
-
-
-class Runner(NamedTuple):
-    """What the worker drives: `check()` once (before timing), then `run()` per repetition."""
-
-    check: Callable[[], dict]
-    run: Callable[[], dict]
 
 
 # ----------------------------------------------------------------------------------- PEFT init

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from types import ModuleType
 
+from peft_jax import extras
 from peft_jax.bench.worker import Runner
 
 INSTALL_HINT = 'pip install "peft_jax[test]"'
-# Top-level packages whose absence means "the test extra is not installed" rather than a bug.
-_EXTRA_PACKAGES = ("torch", "peft", "safetensors", "transformers")
+# Packages of the `test` extra whose absence means "not installed" rather than a bug.
+_TEST_EXTRA_PACKAGES = ("torch", "peft", "safetensors", "transformers")
 
 
 class ReferenceUnavailableError(ImportError):
@@ -31,7 +32,7 @@ def torch_side() -> ModuleType:
     try:
         from peft_jax.bench import reference_torch  # pylint: disable=import-outside-toplevel
     except ImportError as e:
-        if (e.name or "").split(".")[0] not in _EXTRA_PACKAGES:
+        if extras.absent_package(e, _TEST_EXTRA_PACKAGES) is None:  # a bug, not a missing package
             raise
         raise ReferenceUnavailableError(f"the benchmark's reference side needs PyTorch and HF peft, but "
                                         f"{e.name!r} is not installed: {INSTALL_HINT}") from e

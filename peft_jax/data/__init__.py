@@ -8,25 +8,36 @@
 * ``synthetic``: the embedded multilingual world the README's main command runs on.
 """
 
-from peft_jax.data.pipeline import Packing, load_state, make_dataset, make_iterator, save_state, with_rng
-from peft_jax.data.preprocess import (XLSUM_MAX_INPUT_LEN, XLSUM_MAX_TARGET_LEN, lm_features,
-                                      prefix_lm_features, random_spans_noise_mask, seq2seq_features,
-                                      span_corruption, span_corruption_features, span_corruption_lengths)
-from peft_jax.data.sources import (BadEncodingError, DataError, EmptySplitError, JsonLinesSource,
-                                   MalformedRecordError, MissingDataError, MissingDependencyError,
-                                   MissingFieldError, RecordFileSource, TextLinesSource, gem_wikilingua, mc4,
-                                   tatoeba, text_lines, tfds_mc4, tfds_text, tfds_wikilingua, tfds_wikipedia,
-                                   udhr, write_records, xlsum, xlsum_source)
-from peft_jax.data.synthetic import World
-from peft_jax.data.tokenizers import Tokenizer, TokenizerFileError, load_tokenizer, train_sentencepiece
+import importlib
 
-__all__ = [
-    "BadEncodingError", "DataError", "EmptySplitError", "JsonLinesSource", "MalformedRecordError",
-    "MissingDataError", "MissingDependencyError", "MissingFieldError", "Packing", "RecordFileSource",
-    "TextLinesSource", "Tokenizer", "TokenizerFileError", "World", "XLSUM_MAX_INPUT_LEN",
-    "XLSUM_MAX_TARGET_LEN", "gem_wikilingua", "lm_features", "load_state", "load_tokenizer", "make_dataset",
-    "make_iterator", "mc4", "prefix_lm_features", "random_spans_noise_mask", "save_state", "seq2seq_features",
-    "span_corruption", "span_corruption_features", "span_corruption_lengths", "tatoeba", "text_lines",
-    "tfds_mc4", "tfds_text", "tfds_wikilingua", "tfds_wikipedia", "train_sentencepiece", "udhr", "with_rng",
-    "write_records", "xlsum", "xlsum_source",
-]
+_SUBMODULES = ("pipeline", "preprocess", "sources", "synthetic", "tokenizers")
+
+# Public name -> the submodule that defines it. Loaded on first use, so that code needing one piece
+# (the models need `preprocess`) does not import grain, SentencePiece and every source reader.
+_EXPORTS = {
+    **dict.fromkeys(("Packing", "load_state", "make_dataset", "make_iterator", "save_state", "with_rng"), "pipeline"),
+    **dict.fromkeys(("XLSUM_MAX_INPUT_LEN", "XLSUM_MAX_TARGET_LEN", "lm_features", "prefix_lm_features",
+                     "random_spans_noise_mask", "seq2seq_features", "span_corruption", "span_corruption_features",
+                     "span_corruption_lengths"), "preprocess"),
+    **dict.fromkeys(("BadEncodingError", "DataError", "EmptySplitError", "JsonLinesSource", "MalformedRecordError",
+                     "MissingDataError", "MissingDependencyError", "MissingFieldError", "RecordFileSource",
+                     "TextLinesSource", "gem_wikilingua", "mc4", "tatoeba", "text_lines", "tfds_mc4", "tfds_text",
+                     "tfds_wikilingua", "tfds_wikipedia", "udhr", "write_records", "xlsum", "xlsum_source"),
+                    "sources"),
+    **dict.fromkeys(("World",), "synthetic"),
+    **dict.fromkeys(("Tokenizer", "TokenizerFileError", "load_tokenizer", "train_sentencepiece"), "tokenizers"),
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _SUBMODULES:
+        return importlib.import_module(f"peft_jax.data.{name}")
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"peft_jax.data.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'peft_jax.data' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS) | set(_SUBMODULES))

@@ -20,7 +20,7 @@ import numpy as np
 from peft_jax.models import native
 from peft_jax.models.decoder import DecoderConfig, DecoderModel
 from peft_jax.models.errors import CheckpointError
-from peft_jax.models.hf_names import TRANSPOSE, decoder_names, t5_names  # noqa: F401  (re-exported)
+from peft_jax.models.hf_names import TRANSPOSE
 from peft_jax.models.safetensors_io import SafetensorsError, SafetensorsFile
 from peft_jax.models.spec import flatten, unflatten
 from peft_jax.models.t5 import T5Config, T5Model
