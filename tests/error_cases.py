@@ -18,30 +18,7 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-CASES = []
-
-
-def case(area: str, what: str):
-    def register(fn):
-        CASES.append((area, what, fn))
-        return fn
-    return register
-
-
-def expect(error_type, fn, *args, **kwargs) -> str:
-    try:
-        fn(*args, **kwargs)
-    except error_type as e:
-        return f"{type(e).__name__}: {e}"
-    raise AssertionError(f"{fn} did not raise {error_type.__name__}")
-
-
-def _tiny(name="mt5_tiny", seed=0):
-    from peft_jax.models import get_model
-
-    model = get_model(name, d_model=16, d_kv=4, d_ff=16, num_heads=4, num_layers=1, num_decoder_layers=1,
-                      vocab_size=32) if name == "mt5_tiny" else get_model(name)
-    return model, model.init(jax.random.PRNGKey(seed))
+from error_case_registry import CASES, case, expect, tiny as _tiny  # noqa: E402
 
 
 def _lora(model, rank=2, **kw):
@@ -423,6 +400,14 @@ def _cli(tmp):
         status = cli.run(lambda: peft.save(path, peft.load(path)))
     assert status == 1
     return err.getvalue().strip()
+
+
+# Cases of further areas live in their own files and register into the same list.
+import error_cases_checkpoints  # noqa: E402,F401
+import error_cases_modules  # noqa: E402,F401
+import error_cases_training  # noqa: E402,F401
+import error_cases_decoding  # noqa: E402,F401
+import error_cases_configs  # noqa: E402,F401
 
 
 def normalize(message: str, tmp: pathlib.Path) -> str:
