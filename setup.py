@@ -27,6 +27,8 @@ INSTALL_REQUIRES = [
     "tensorboardX>=2.6",  # training writes TensorBoard events by default (config.tensorboard)
     "matplotlib>=3.8",  # loss curves and result plots, drawn on Figure objects (no pyplot backend)
     "tqdm>=4.64",
+    "safetensors>=0.4",  # checkpoints and module files are read with safe_open / get_slice
+    "regex>=2023.0",  # Unicode script properties: language-module text is kept to its language's script
 ]
 
 # The XL-Sum multilingual ROUGE protocol: segmenters (Chinese, Japanese with its bundled 249 MB
@@ -48,7 +50,9 @@ NOTEBOOK = ["nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29", "ipywidgets>=
 
 # The suite also compares against PyTorch `transformers` + `peft` (tests and benchmarks). On this
 # project's machines constraints.txt pins torch to the CPU wheel that lies on disk.
-TEST = ["pytest>=8.0", "torch>=2.4", "peft>=0.13", "safetensors>=0.4"] + MULTILINGUAL + HF + TFDS + NOTEBOOK
+INTEROP = ["qwix>=0.1.8"]  # LoRA made by qwix (peft_jax.flax.qwix converts its parameters; it never imports qwix)
+
+TEST = ["pytest>=8.0", "torch>=2.4", "peft>=0.13"] + MULTILINGUAL + HF + TFDS + NOTEBOOK + INTEROP
 
 setuptools.setup(
     name="peft_jax",
@@ -71,6 +75,7 @@ setuptools.setup(
         "hf": HF,
         "tfds": TFDS,
         "notebook": NOTEBOOK,
+        "interop": INTEROP,
         "test": TEST,
     },
     classifiers=[

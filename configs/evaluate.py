@@ -63,7 +63,7 @@ def get_config(arg=None):
     c.decode.seed = 0  # sampling only
 
     c.eval = ml_collections.ConfigDict()
-    c.eval.tokenization = "multilingual"  # multilingual (XL-Sum protocol) | sentencepiece | default
+    c.eval.tokenization = "xlsum"  # xlsum (XL-Sum's official scorer) | multilingual (clean) | sentencepiece | default
     c.eval.spm_path = ""  # SentencePiece model for tokenization='sentencepiece'
     c.eval.identifier = "langid"  # language identifier of the wrong-language rate; '' = script check only
     c.eval.bootstrap_samples = 100 if runlocal else 1000  # resamples of the confidence intervals

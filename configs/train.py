@@ -37,6 +37,8 @@ def _parse(arg):
         key = key.strip()
         if key not in _ARG_KEYS:
             raise ValueError(f"configs/train.py: unknown argument {key!r}; known: {', '.join(_ARG_KEYS)}")
+        if not value.strip() and key != "runlocal":
+            raise ValueError(f"configs/train.py: argument {key!r} needs a value ({key}=...)")
         out[key] = value.strip() if value else "true"
     return out
 
@@ -51,6 +53,7 @@ def get_config(arg=None):
 
     c = ml_collections.ConfigDict()
     c.seed = 0  # data order, dropout and PEFT initialisation
+    c.metadata = ml_collections.ConfigDict()  # extra entries recorded in the module file (e.g. the init regime)
     c.objective = objective  # span_corruption | causal_lm | prefix_lm | seq2seq
     c.num_steps = 200 if runlocal else 20_000  # optimizer steps (all phases together)
     c.batch_size = 16 if runlocal else 128  # global batch (examples), split over processes and data axes
@@ -98,6 +101,7 @@ def get_config(arg=None):
     c.data.extra_ids = 100  # sentinels <extra_id_i> for span corruption
     c.data.input_length = 64 if runlocal else 512  # encoder / decoder-only sequence length (tokens)
     c.data.target_length = 32 if runlocal else 84  # summary length (seq2seq)
+    c.data.decoder_attention = "prefix"  # decoder-only seq2seq: prefix (article attended bidirectionally) | causal
     c.data.noise_density = 0.15  # span corruption: fraction of tokens masked (T5)
     c.data.mean_noise_span_length = 3.0  # span corruption: mean span length (T5)
     c.data.num_threads = 2  # grain reader threads per process

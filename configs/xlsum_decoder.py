@@ -6,9 +6,14 @@
       --workdir=/mnt/disks/runs/xlsum_gemma
 
 Language modules: next-token prediction (causal LM) on unlabeled text; task module: prefix LM on
-XL-Sum English (article as the bidirectional prefix, summary as the target); decoding continues the
-article prompt. Everything else as configs/xlsum_mt5.py (same arguments, same `runlocal` switch,
-which uses a tiny random PaLM-style base).
+XL-Sum English (article as the bidirectional prefix, summary as the target;
+`--config.task_train.data.decoder_attention=causal` trains with causal attention everywhere instead, the
+loss still on the summary only). The module records which, and decoding reads the article prompt with
+that same attention (`generate` refuses the other). Every sequence starts with the checkpoint's BOS
+(Llama 1, Gemma 2; its EOS for a base without one), and the article gets one budget in training and
+decoding: `[BOS] + article + [EOS]` fills `decode.max_input_len` = input_length - target_length
+positions. Everything else as configs/xlsum_mt5.py (same arguments, same `runlocal` switch, which uses
+a tiny random PaLM-style base).
 """
 
 import importlib.util
@@ -39,5 +44,7 @@ def get_config(arg: str = ""):
         t.peft.lora.targets = r".*attention/\w+$|.*mlp/\w+$"
         t.model.dtype = c[section].model.dtype
         c[section] = t
+    c.task_train.data.decoder_attention = "prefix"  # or "causal"; recorded in the module, checked at decoding
+    # The prompt budget of `DecoderModel.pair_features`: training and decoding cut the article alike.
     c.decode.max_input_len = c.task_train.data.input_length - c.task_train.data.target_length
     return c

@@ -2,20 +2,30 @@
 
   python launch/pipeline.py --config=configs/xlsum_mt5.py:size=xl \
       --config.base.checkpoint=/ckpt/mt5-xl --config.tokenizer.path=/ckpt/mt5-xl/spiece.model \
-      --config.data.xlsum_dir=/data/xlsum --config.data.text_paths='/data/mc4/c4-{iso1}.json.gz' \
+      --config.data.xlsum_dir=/data/xlsum --config.data.text_paths='/data/mc4/c4-{mc4}.tfrecord-*.json.gz' \
       --workdir=/mnt/disks/runs/xlsum_mt5_xl
 
 English is the labeled source; the other XL-Sum languages are zero-shot targets (pass
 `targets=hindi+swahili+...` to choose). Language modules are trained with span corruption on
-unlabeled text (mC4's JSON-lines files or any text files: '{language}', '{iso1}', '{iso3}' in
-`text_paths` are filled in per language); the task module on XL-Sum English. Decoding and scoring
-follow XL-Sum: source 512 / target 84 tokens, beam 4, length penalty 0.6, no-repeat-ngram 2,
-multilingual ROUGE.
+unlabeled text: mC4's JSON-lines files (`.json`, `.json.gz`, a glob over shards) or plain text, one
+document a line; '{language}', '{iso1}', '{iso3}' and '{mc4}' (mC4's code: `zh` for both Chinese
+standards, `sr` for both Serbian scripts) in `text_paths` are filled in per language. The language stage
+keeps each language's text to its script (peft_jax/resources/unlabeled_text.tsv: Serbian Cyrillic or
+Latin, Cyrillic Uzbek, simplified or traditional Chinese), drops BBC pages and documents sharing a
+sentence with XL-Sum's validation / test articles and summaries, and counts what it dropped in
+`train/lang_<language>/data_report.json`; a language without unlabeled text (Kirundi, Oromo, Tigrinya,
+Nigerian Pidgin) is refused rather than fed another language's text. The task module trains on XL-Sum
+English. Decoding and scoring follow XL-Sum: source 512 / target 84 tokens, beam 4, length penalty
+0.6, no-repeat-ngram 2, multilingual ROUGE.
 
 `configs/xlsum_mt5.py:runlocal` runs the same code path on a laptop from a plain clone: the real XL-Sum
 samples in tests/data/xlsum, Tatoeba sentences (tests/data/tatoeba) as unlabeled text, the multilingual
 SentencePiece model in tests/data/tokenizers and a tiny random base (no download).
-Arguments (comma-separated): size=small|base|large|xl|xxl, targets=a+b+c, labeled=a+b, runlocal.
+Arguments (comma-separated): size=small|base|large|xl|xxl, targets=a+b+c, labeled=a+b (or labeled=six:
+english, hindi, spanish, arabic, russian, chinese_simplified), runlocal. Labeled languages are never
+targets. λ is chosen without target labels (`lambda_protocol`: source_validation on the other labeled
+languages, or fixed with English alone); multi_source mixes the 3 typologically nearest labeled
+languages.
 """
 
 import importlib.util
@@ -37,12 +47,19 @@ def _load(name: str):
     return module
 
 
+_ARGS = ("size", "targets", "labeled", "runlocal")
+# `labeled=six`: the labeled languages of the multi-source setting, spread over families and scripts.
+SIX_LABELED = ("english", "hindi", "spanish", "arabic", "russian", "chinese_simplified")
+
+
 def _args(arg: str) -> dict:
     out = {}
     for part in filter(None, (arg or "").split(",")):
         key, _, value = part.partition("=")
-        if key not in ("size", "targets", "labeled", "runlocal"):
-            raise ValueError(f"xlsum config: unknown argument {key!r}; known: size, targets, labeled, runlocal")
+        if key not in _ARGS:
+            raise ValueError(f"xlsum config: unknown argument {key!r}; known: {', '.join(_ARGS)}")
+        if not value and key != "runlocal":
+            raise ValueError(f"xlsum config: argument {key!r} needs a value ({key}=...)")
         out[key] = value or "true"
     return out
 
@@ -53,14 +70,23 @@ def get_config(arg: str = ""):
     size = args.get("size", "small")
     c = _load("demo").get_config("runlocal" if runlocal else "")
     c.source_language = "english"
-    c.target_languages = args.get("targets", "marathi+urdu" if runlocal else
-                                  "+".join(_XLSUM_TARGETS)).split("+")
-    c.target_languages = tuple(c.target_languages)
-    c.labeled_languages = tuple(args.get("labeled", "english+hindi" if runlocal else "english").split("+"))
+    labeled = args.get("labeled", "english+hindi" if runlocal else "english")
+    c.labeled_languages = SIX_LABELED if labeled == "six" else tuple(labeled.split("+"))
+    if c.source_language not in c.labeled_languages:
+        raise ValueError(f"xlsum config: labeled={labeled} must include the source language {c.source_language}")
+    # Zero-shot targets: languages with labels are never targets (a target's labels are not read).
+    targets = args.get("targets", "marathi+urdu" if runlocal else "+".join(_XLSUM_TARGETS)).split("+")
+    c.target_languages = tuple(t for t in targets if t not in c.labeled_languages)
+    if not c.target_languages:
+        raise ValueError(f"xlsum config: every target of targets={'+'.join(targets)} is labeled")
     if len(c.labeled_languages) < 2:  # related-language mixes need task modules of other labeled languages
         c.recipes = tuple(r for r in c.recipes if r != "multi_source")
-    c.multi_source_by = "genus"
+    # Sources of multi_source: the 3 labeled languages nearest in URIEL syntax, weighted by similarity.
+    c.multi_source_by, c.multi_source_k, c.multi_source_weights = "typology", 3, "similarity"
+    # λ without target labels: chosen on the other labeled languages when there are some, else fixed.
+    c.lambda_protocol = "source_validation" if len(c.labeled_languages) > 1 else "fixed"
     c.lambdas = (0.25, 0.5, 0.75, 1.0)
+    c.weighted_lambdas = (0.25, 0.5, 0.75)  # λ=1 would be task_only
 
     c.data.kind = "xlsum"
     c.data.xlsum_dir = str(_SAMPLES / "xlsum") if runlocal else ""
@@ -98,7 +124,7 @@ def get_config(arg: str = ""):
     c.world.n_validation = 4
     c.eval.n_validation = 4 if runlocal else 500
     c.eval.n_test = 4 if runlocal else 100_000
-    c.eval.tokenization = "multilingual"
+    c.eval.tokenization = "xlsum"  # XL-Sum's official ROUGE, comparable with published numbers
     c.eval.bootstrap_samples = 200 if runlocal else 1000
     # c.distributed (from configs/demo.py): --config.distributed.enabled=True on multi-host TPU slices
     return c

@@ -7,9 +7,12 @@ Writes WORKDIR/benchmark.json, WORKDIR/benchmark_details.json and WORKDIR/benchm
 the table of medians. Run it on a quiet machine: both sides share the same cores, one at a time.
 """
 
+import sys
+
 from absl import app, flags
 from ml_collections import config_flags
 
+from peft_jax import cli
 from peft_jax.bench import harness
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Benchmark config, e.g. configs/bench/train_mt5_small.py")
@@ -20,7 +23,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    harness.run(_CONFIG.value, _WORKDIR.value)
+    sys.exit(cli.run(lambda: harness.run(_CONFIG.value, _WORKDIR.value)))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from peft_jax import compose, distributed, peft  # noqa: E402
+from peft_jax import cli, compose, distributed, peft  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Composition config (configs/compose/*.py).",
                                           lock_config=True)
@@ -38,7 +38,7 @@ def parse_pairs(text: str, what: str) -> dict[str, str]:
     for item in filter(None, (s.strip() for s in text.split(","))):
         key, sep, value = item.partition("=")
         if not sep or not key.strip() or not value.strip():
-            raise ValueError(f"{what}: expected 'name=value' items separated by commas, got {item!r}")
+            raise cli.UsageError(f"{what}: expected 'name=value' items separated by commas, got {item!r}")
         out[key.strip()] = value.strip()
     return out
 
@@ -48,13 +48,13 @@ def input_paths(config) -> dict[str, str]:
     if config.recipe == "multi_source":
         paths = {f"tasks.{k}": v for k, v in parse_pairs(config.inputs.tasks, "inputs.tasks").items()}
         if not paths:
-            raise ValueError("multi_source needs inputs.tasks = 'language=path,...'")
+            raise cli.UsageError("multi_source needs inputs.tasks = 'language=path,...'")
         return {**paths, **({"lang": config.inputs.lang} if config.inputs.get("lang") else {})}
     if config.recipe not in INPUTS:
-        raise ValueError(f"unknown recipe {config.recipe!r}; known: {sorted(INPUTS) + ['multi_source']}")
+        raise cli.UsageError(f"unknown recipe {config.recipe!r}; known: {sorted(INPUTS) + ['multi_source']}")
     missing = [name for name in INPUTS[config.recipe] if not config.inputs.get(name)]
     if missing:
-        raise ValueError(f"recipe {config.recipe!r} needs --config.inputs.{missing[0]}=PATH")
+        raise cli.UsageError(f"recipe {config.recipe!r} needs --config.inputs.{missing[0]}=PATH")
     return {name: config.inputs[name] for name in INPUTS[config.recipe]}
 
 
@@ -107,7 +107,7 @@ def summary(config, modules: dict, result) -> str:
 def run(config) -> str:
     """Loads, composes, saves (refusing to replace a file unless config.overwrite) and returns the summary."""
     if not config.output:
-        raise ValueError("set --config.output=PATH for the composed module")
+        raise cli.UsageError("set --config.output=PATH for the composed module")
     modules = load_inputs(config)
     result = compose_modules(config, modules)
     peft.save(config.output, result, overwrite=config.overwrite)
@@ -118,10 +118,10 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
     config = _CONFIG.value
-    try:
-        text = distributed.run_on_process_zero(config.distributed, lambda: run(config))
-    except (ValueError, FileExistsError) as err:  # refusals and bad settings: one clear line, no traceback
-        sys.exit(f"compose: {type(err).__name__}: {err}")
+    sys.exit(cli.run(lambda: _print(distributed.run_on_process_zero(config.distributed, lambda: run(config)))))
+
+
+def _print(text: str | None) -> None:
     if text is not None:  # None on the other processes of a multi-host run
         print(text)
 

@@ -13,7 +13,7 @@ from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from peft_jax import distributed, evaluate  # noqa: E402
+from peft_jax import cli, distributed, evaluate  # noqa: E402
 from peft_jax.train import config_lib  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Evaluation config, e.g. configs/evaluate.py:runlocal")
@@ -27,14 +27,15 @@ def main(argv):
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
     config = _CONFIG.value
-    try:
-        rows = distributed.run_on_process_zero(config.distributed, lambda: evaluate.evaluate(config, _WORKDIR.value))
-    except (ValueError, FileNotFoundError) as err:  # bad settings or data: one clear line, no traceback
-        sys.exit(f"evaluate: {type(err).__name__}: {err}")
-    if rows is None:  # another process of a multi-host run: process 0 wrote the results
-        return
-    with open(os.path.join(_WORKDIR.value, "results.md"), encoding="utf-8") as f:
-        print(f.read())
+    sys.exit(cli.run(lambda: _evaluate(config, _WORKDIR.value)))
+
+
+def _evaluate(config, workdir: str) -> None:
+    """Evaluates on process 0 and prints results.md (the other processes of a multi-host run wait)."""
+    rows = distributed.run_on_process_zero(config.distributed, lambda: evaluate.evaluate(config, workdir))
+    if rows is not None:
+        with open(os.path.join(workdir, "results.md"), encoding="utf-8") as f:
+            print(f.read())
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from peft_jax import cli
 from peft_jax.train import config_lib, loop
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file, e.g. configs/train.py:model=...")
@@ -21,7 +22,11 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
-    result = loop.train(_CONFIG.value, _WORKDIR.value)
+    sys.exit(cli.run(lambda: _train(_CONFIG.value, _WORKDIR.value)))
+
+
+def _train(config, workdir: str) -> None:
+    result = loop.train(config, workdir)
     print(f"final module: {result.workdir}/final_module (step {result.step}, loss {result.metrics.get('loss')})")
 
 

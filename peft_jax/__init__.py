@@ -1,7 +1,9 @@
 """peft_jax: language and task arithmetic with parameter-efficient modules in JAX.
 
 Public API:
-  load_pretrained(path) -> (model, params)     Hugging Face mT5/T5 v1.1/Llama/Gemma checkpoints
+  load_pretrained(path) -> (model, params)     mT5/T5 v1.1/Llama/Gemma/Gemma 2 checkpoints (HF safetensors,
+                                               .bin, Flax msgpack, Hub ids; t5x legacy/Orbax with model=)
+  save_pretrained(dir, model, params, peft=...)  a base with modules merged, as a Hugging Face checkpoint
   generate(model, params, batch, peft=None, method=...)   jitted greedy / sampling / beam search
   score(model, params, batch, peft=None)       per-example log-likelihoods
   models    mT5 and decoder-only models behind one contract (`models.Model`)
@@ -22,9 +24,12 @@ def __getattr__(name):
     # Subpackages and decoding load on first use, so `import peft_jax` stays fast.
     if name in ("peft", "compose", "data", "metrics", "models", "train", "languages"):
         return importlib.import_module(f"peft_jax.{name}")
+    if name == "save_pretrained":  # brings the peft package: loaded on first use
+        return importlib.import_module("peft_jax.models.checkpoints.save").save_pretrained
     if name in ("generate", "score"):
         return getattr(importlib.import_module("peft_jax.decode"), name)
     raise AttributeError(f"module 'peft_jax' has no attribute {name!r}")
 
 
-__all__ = ["load_pretrained", "generate", "score", "peft", "compose", "data", "metrics", "__version__"]
+__all__ = ["load_pretrained", "save_pretrained", "generate", "score", "peft", "compose", "data", "metrics",
+           "__version__"]

@@ -11,6 +11,10 @@ import os
 import sys
 from typing import Callable
 
+class UsageError(ValueError):
+    """A setting an entry point needs is missing or malformed (printed as one line, like every user error)."""
+
+
 _OS_USER_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)
 
 

@@ -22,7 +22,7 @@ from typing import Sequence
 import jax
 from absl import logging
 
-from peft_jax import data, evaluation, languages
+from peft_jax import data, evaluation, languages, metrics
 from peft_jax import peft as peft_lib
 from peft_jax.fileio import require_local
 from peft_jax.models import get_model, load_pretrained
@@ -97,8 +97,8 @@ def write_results(workdir: str, rows: Sequence[dict], config) -> None:
     """results.md, results.csv, results.png and config.json."""
     system = rows[0]["system"]
     evaluation.write_markdown(os.path.join(workdir, "results.md"), f"XL-Sum {config.data.split}: {system}",
-                              f"ROUGE F1 x100 ({config.eval.tokenization} tokenization) with 95% bootstrap "
-                              "intervals.", evaluation.markdown_table(evaluation.SYSTEM_TABLE, rows))
+                              f"ROUGE F1 x100 with 95% bootstrap intervals. Scorer: "
+                              f"{metrics.scorer_name(config.eval.tokenization)}.", evaluation.markdown_table(evaluation.SYSTEM_TABLE, rows))
     evaluation.write_csv(os.path.join(workdir, "results.csv"), rows, CSV_COLUMNS)
     evaluation.bar_plot(rows, os.path.join(workdir, "results.png"), series="system",
                         title=f"{system} (95% bootstrap interval)")

@@ -14,6 +14,10 @@ the row listed first in the table, which gives these documented defaults:
 
 * ``zh`` / ``zho`` -> ``chinese_simplified`` (``zh-Hant`` -> ``chinese_traditional``);
 * ``sr`` / ``srp`` / ``serbian`` -> ``serbian_cyrillic`` (``sr-Latn`` -> ``serbian_latin``).
+
+Where each XL-Sum language's unlabeled text comes from lives in ``resources/unlabeled_text.tsv``
+(``unlabeled_source``): its mC4 code, the script the kept text must be written in and the filter
+that enforces it, or no source at all (Kirundi, Oromo, Tigrinya, Nigerian Pidgin are not in mC4).
 """
 
 from __future__ import annotations
@@ -27,6 +31,10 @@ import threading
 
 TABLE_PATH = pathlib.Path(__file__).resolve().parent / "resources" / "languages.tsv"
 _COLUMNS = ("name", "iso1", "iso3", "bcp47", "family", "genus", "script", "aliases")
+UNLABELED_TABLE_PATH = TABLE_PATH.with_name("unlabeled_text.tsv")
+_UNLABELED_COLUMNS = ("name", "source", "code", "script", "filter", "note")
+UNLABELED_SOURCES = ("mc4", "none")
+TEXT_FILTERS = ("script", "han_variant", "none")
 
 # The 45 configs of XL-Sum (Hasan et al. 2021), in the dataset's own order.
 XLSUM_NAMES = (
@@ -201,3 +209,80 @@ def register(language: Language) -> None:
     registry = _registry()
     with registry.lock:
         registry.add(language)
+
+
+# ------------------------------------------------------------------------- unlabeled text
+@dataclasses.dataclass(frozen=True)
+class UnlabeledSource:
+    """Where a language module's unlabeled text comes from and how it is kept to the language's script.
+
+    ``source`` is ``"mc4"`` (``code`` names mC4's files, ``c4-<code>.tfrecord-*.json.gz``) or ``"none"``;
+    ``filter`` is ``"script"`` (keep documents whose letters are mostly in ``script``), ``"han_variant"``
+    (also tell simplified from traditional Chinese) or ``"none"`` (no source).
+    """
+
+    language: Language
+    source: str
+    code: str | None
+    script: str
+    filter: str
+    note: str
+
+    @property
+    def available(self) -> bool:
+        """Whether the language has unlabeled text at all."""
+        return self.source != "none"
+
+
+def _unlabeled_row(fields: list[str], line_no: int) -> UnlabeledSource:
+    """One checked row of the unlabeled-text table."""
+    where = f"{UNLABELED_TABLE_PATH}:{line_no}"
+    if len(fields) == len(_UNLABELED_COLUMNS) - 1:  # an empty note whose tab an editor trimmed
+        fields = [*fields, ""]
+    if len(fields) != len(_UNLABELED_COLUMNS):
+        raise LanguageTableError(f"{where}: expected {len(_UNLABELED_COLUMNS)} tab-separated fields, got {len(fields)}")
+    row = dict(zip(_UNLABELED_COLUMNS, (f.strip() for f in fields)))
+    try:
+        language = resolve(row["name"])
+    except UnknownLanguageError as err:
+        raise LanguageTableError(f"{where}: {err}") from None
+    checks = [(row["source"] in UNLABELED_SOURCES, f"source must be one of {UNLABELED_SOURCES}"),
+              (row["filter"] in TEXT_FILTERS, f"filter must be one of {TEXT_FILTERS}"),
+              (row["script"] == language.script, f"script must be {language.script!r} as in {TABLE_PATH.name}"),
+              ((row["source"] == "none") == (not row["code"]) == (row["filter"] == "none"),
+               "a row has a code and a filter exactly when its source is not 'none'")]
+    for ok, message in checks:
+        if not ok:
+            raise LanguageTableError(f"{where}: {row['name']}: {message}, got {row}")
+    return UnlabeledSource(language, row["source"], row["code"] or None, row["script"], row["filter"], row["note"])
+
+
+@functools.cache
+def _unlabeled_table() -> dict[str, UnlabeledSource]:
+    """The unlabeled-text table by language name (comment lines start with '#')."""
+    lines = UNLABELED_TABLE_PATH.read_text(encoding="utf-8").splitlines()
+    numbered = [(i, line) for i, line in enumerate(lines, start=1) if line.strip() and not line.startswith("#")]
+    if not numbered or numbered[0][1].split("\t") != list(_UNLABELED_COLUMNS):
+        raise LanguageTableError(f"{UNLABELED_TABLE_PATH}: header must be {'<TAB>'.join(_UNLABELED_COLUMNS)}")
+    table: dict[str, UnlabeledSource] = {}
+    for line_no, line in numbered[1:]:
+        row = _unlabeled_row(line.split("\t"), line_no)
+        if row.language.name in table:
+            raise LanguageTableError(f"{UNLABELED_TABLE_PATH}:{line_no}: a second row for {row.language.name}")
+        table[row.language.name] = row
+    return table
+
+
+def unlabeled_source(language: str | Language) -> UnlabeledSource | None:
+    """The unlabeled-text entry of ``language``, or None for a language the table does not list.
+
+    Every XL-Sum language is listed; languages outside it (the synthetic world's, or a language
+    whose text the user supplies) have no entry, and their text is kept to their script in languages.tsv.
+    """
+    return _unlabeled_table().get(resolve(language).name)
+
+
+def has_unlabeled_text(language: str | Language) -> bool:
+    """False for a listed language without unlabeled text (its language-module recipes are skipped)."""
+    entry = unlabeled_source(language)
+    return entry is None or entry.available

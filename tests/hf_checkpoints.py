@@ -4,8 +4,9 @@ import torch
 import transformers
 
 
-def save_mt5(path, seed=0, untied=True, dtype=None, max_shard_size=None, **overrides):
-    """A tiny random MT5ForConditionalGeneration saved with save_pretrained; returns the torch model."""
+def save_mt5(path, seed=0, untied=True, dtype=None, max_shard_size=None, untied_inputs=False, **overrides):
+    """A tiny random MT5ForConditionalGeneration saved with save_pretrained; returns the torch model.
+    `untied_inputs`: the encoder and decoder get input embeddings of their own, distinct from `shared`."""
     kw = dict(vocab_size=96, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_decoder_layers=3, num_heads=4,
               relative_attention_num_buckets=8, relative_attention_max_distance=20, dropout_rate=0.0,
               feed_forward_proj="gated-gelu", tie_word_embeddings=not untied, decoder_start_token_id=0,
@@ -18,6 +19,9 @@ def save_mt5(path, seed=0, untied=True, dtype=None, max_shard_size=None, **overr
         # transformers 5 ties lm_head unless told otherwise after construction; make it distinct.
         model.config.tie_word_embeddings = False
         model.lm_head.weight = torch.nn.Parameter(torch.randn_like(model.lm_head.weight) * 0.2)
+    if untied_inputs:
+        model.encoder.embed_tokens.weight = torch.nn.Parameter(torch.randn_like(model.shared.weight))
+        model.decoder.embed_tokens.weight = torch.nn.Parameter(torch.randn_like(model.shared.weight))
     with torch.no_grad():  # random norms and position biases, so a wrong mapping cannot hide
         for name, p in model.named_parameters():
             if "layer_norm" in name:

@@ -189,3 +189,27 @@ def test_too_few_sentinels_and_bad_noise_settings_are_rejected():
         preprocess.random_spans_noise_mask(10, np.random.default_rng(0), noise_density=1.5)
     with pytest.raises(ValueError, match="at least one token"):
         preprocess.span_corruption([], np.random.default_rng(0), sentinel_ids=SENTINELS)
+
+
+def test_prefix_lm_with_a_fixed_input_budget_cuts_the_input_alike_whatever_the_target_length():
+    article = list(range(10, 30))
+    prompts = set()
+    for summary in ([40], list(range(40, 45))):
+        f = preprocess.prefix_lm_features(article, summary, 16, eos_id=EOS, pad_id=PAD, max_target_len=6,
+                                          max_input_len=9, decoder_start_id=3)
+        prompts.add(tuple(f["decoder_input_tokens"][:10]))
+        assert f["decoder_causal_attention"].sum() == 10  # start + 8 article tokens + EOS
+    # Without max_input_len a short summary leaves the article more room: the cut depends on the summary.
+    free = [preprocess.prefix_lm_features(article, s, 16, eos_id=EOS, pad_id=PAD, max_target_len=6)
+            ["decoder_causal_attention"].sum() for s in ([40], list(range(40, 45)))]
+    assert free[0] != free[1]
+    assert prompts == {tuple([3] + article[:8] + [EOS])}
+    assert np.array_equal(preprocess.decoder_prompt(article, 10, start_id=3, eos_id=EOS), list(prompts)[0])
+    with pytest.raises(ValueError, match="max_input_len must be in"):
+        preprocess.prefix_lm_features(article, [40], 16, eos_id=EOS, pad_id=PAD, max_target_len=6, max_input_len=11)
+
+
+def test_prefix_lm_in_causal_mode_keeps_the_loss_on_the_targets_and_no_prefix():
+    f = preprocess.prefix_lm_features([5, 6, 7], [8, 9], 8, eos_id=EOS, pad_id=PAD, prefix=False)
+    np.testing.assert_array_equal(f["decoder_causal_attention"], np.zeros(8))
+    np.testing.assert_array_equal(f["decoder_loss_weights"], [0, 0, 0, 0, 1, 1, 1, 0])

@@ -143,6 +143,18 @@ def test_text_lines_errors_name_the_problem(tmp_path):
         list(sources.text_lines(tmp_path / "c.json.gz"))
 
 
+def test_plain_text_holding_json_records_is_refused_and_names_the_mc4_source(tmp_path):
+    record = json.dumps({"text": "Habari za asubuhi", "timestamp": "2020-01-01", "url": "https://example.org/1"})
+    (tmp_path / "c4-sw.txt").write_text("\n" + record + "\n" + record + "\n", encoding="utf-8")
+    for read in (lambda p: list(sources.text_lines(p)), lambda p: sources.TextLinesSource([p])):
+        with pytest.raises(sources.MalformedRecordError, match=r"c4-sw\.txt:2: looks like JSON records.*mc4 source"):
+            read(tmp_path / "c4-sw.txt")
+    # JSON without a text field, and real plain text (Tatoeba), are still read as text.
+    (tmp_path / "other.txt").write_text('{"a": 1}\n[1, 2]\n', encoding="utf-8")
+    assert list(sources.text_lines(tmp_path / "other.txt")) == ['{"a": 1}', "[1, 2]"]
+    assert len(sources.TextLinesSource([DATA / "tatoeba" / "tatoeba.hin-eng.hin"])) == 400
+
+
 def test_tatoeba_reads_the_language_side():
     expected = [line for line in (DATA / "tatoeba" / "tatoeba.fra-eng.fra").read_text(encoding="utf-8").splitlines()
                 if line.strip()]

@@ -1,5 +1,6 @@
 """Tokenizers: ids come from the model, sentinels follow T5, all XL-Sum samples round-trip."""
 
+import re
 import shutil
 
 import pytest
@@ -134,3 +135,16 @@ def test_training_is_deterministic(trained, tmp_path):
 def test_training_rejects_a_vocabulary_too_small_for_the_reserved_pieces(tmp_path):
     with pytest.raises(ValueError, match="vocab_size=300 leaves no room"):
         tokenizers.train_sentencepiece(["a b c"], tmp_path / "m", 300, num_sentinels=100)
+
+
+@pytest.mark.parametrize("text, where", [("abc \ud800 def", "U+D800 at character 4"),
+                                         ("\udcff", "U+DCFF at character 0"),
+                                         ("ok \U0001F600 then \udc80", "U+DC80 at character 10")])
+def test_a_lone_surrogate_is_refused_naming_it_and_where(multilingual, text, where):
+    """Not valid Unicode, so it has no UTF-8 form: a named error, not SentencePiece's pybind cast error."""
+    with pytest.raises(tokenizers.TextInputError, match=re.escape(where)):
+        multilingual.encode(text)
+    with pytest.raises(tokenizers.TextInputError, match="got bytes"):
+        multilingual.encode(text.encode("utf-8", "surrogatepass"))
+    # A surrogate pair written as one astral character is valid text.
+    assert multilingual.encode("ok \U0001F600") == multilingual.sp.encode("ok \U0001F600")

@@ -344,3 +344,56 @@ def test_two_stage_top_k_equals_one_top_k_over_all_beams_including_ties():
         got = decode.top_k_flat(jnp.asarray(scores), n)
         np.testing.assert_array_equal(np.asarray(got[0]), np.asarray(want[0]))
         np.testing.assert_array_equal(np.asarray(got[1]), np.asarray(want[1]))
+
+
+# ------------------------------------------------------------------ token ids and shapes
+def test_token_ids_outside_the_vocabulary_are_refused_at_every_public_entry_point(t5, palm):
+    """JAX gathers clamp an id >= vocab and wrap a negative one: checked on the host before they do."""
+    model, params = t5
+    enc = jnp.asarray([[3, 4, 64, 1]])
+    dec = jnp.asarray([[0, 5, 6]])
+    with pytest.raises(decode.DecodeError, match=r"'encoder_input_tokens'\] holds token id 64 at \[0, 2\]"):
+        model.logits(params, {"encoder_input_tokens": enc, "decoder_input_tokens": dec})
+    with pytest.raises(decode.DecodeError, match="token id -2"):
+        decode.generate(model, params, {"encoder_input_tokens": jnp.asarray([[3, -2, 1]])})
+    with pytest.raises(decode.DecodeError, match=r"'decoder_target_tokens'\] holds token id 70"):
+        decode.score(model, params, {"encoder_input_tokens": jnp.asarray([[3, 1]]), "decoder_input_tokens": dec,
+                                     "decoder_target_tokens": jnp.asarray([[5, 6, 70]])})
+    pmodel, pparams = palm
+    with pytest.raises(decode.DecodeError, match=r"'decoder_input_tokens'\] holds token id 64"):
+        pmodel.logits(pparams, {"decoder_input_tokens": jnp.asarray([[1, 64]])})
+    with pytest.raises(decode.DecodeError, match="token id 99"):
+        decode.generate(pmodel, pparams, {"decoder_input_tokens": jnp.asarray([[1, 7, 99]])})
+    # Inside jit the ids are traced and cannot be read: the documented gather behaviour (clamping) applies.
+    clamped = jax.jit(lambda b: pmodel.logits(pparams, b))({"decoder_input_tokens": jnp.asarray([[1, 64]])})
+    np.testing.assert_allclose(clamped, pmodel.logits(pparams, {"decoder_input_tokens": jnp.asarray([[1, 63]])}),
+                               atol=1e-5)
+
+
+def test_empty_batches_zero_length_inputs_and_oversized_ngrams_are_named(t5, palm):
+    model, params = t5
+    with pytest.raises(decode.DecodeError, match=r"shape \(0, 4\): no rows"):
+        decode.generate(model, params, {"encoder_input_tokens": jnp.zeros((0, 4), jnp.int32)})
+    with pytest.raises(decode.DecodeError, match=r"shape \(2, 0\): zero-length rows"):
+        decode.generate(model, params, {"encoder_input_tokens": jnp.zeros((2, 0), jnp.int32)})
+    with pytest.raises(decode.DecodeError, match=r"no_repeat_ngram_size=6 is larger than the decoded sequence "
+                                                 r"\(1 prompt positions \+ max_decode_len 4 = 5 tokens\)"):
+        decode.generate(model, params, _enc_batch(), max_decode_len=4, no_repeat_ngram_size=6)
+    decode.generate(model, params, _enc_batch(), max_decode_len=4, no_repeat_ngram_size=5)  # the largest that fits
+    pmodel, pparams = palm
+    with pytest.raises(decode.DecodeError, match=r"\(3 prompt positions \+ max_decode_len 2 = 5 tokens\)"):
+        decode.generate(pmodel, pparams, {"decoder_input_tokens": jnp.asarray([[1, 5, 6]])}, max_decode_len=2,
+                        no_repeat_ngram_size=6)
+
+
+def test_prefix_prompts_decode_rows_independently_of_their_batch_neighbours(palm):
+    """Prefill with the prefix mask plus protected prompt positions: a row's beams and score do not depend
+    on how long the other rows' prompts are."""
+    model, params = palm
+    feats = model.prompt_features([[5, 6, 7, 8, 9, 10], [11, 12]], 8, pad_id=0, eos_id=model.config.eos_id)
+    kw = dict(method="beam", max_decode_len=L, num_beams=3)
+    both = decode.generate(model, params, {k: jnp.asarray(v) for k, v in feats.items()}, **kw)
+    for b in range(2):
+        alone = decode.generate(model, params, {k: jnp.asarray(v[b:b + 1]) for k, v in feats.items()}, **kw)
+        np.testing.assert_array_equal(np.asarray(both["tokens"][b]), np.asarray(alone["tokens"][0]))
+        np.testing.assert_allclose(float(both["scores"][b]), float(alone["scores"][0]), rtol=1e-5)

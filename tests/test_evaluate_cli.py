@@ -113,5 +113,5 @@ def test_bad_settings_raise_errors_that_name_them(test_data, tmp_path, overrides
 def test_cli_reports_a_bad_setting_in_one_line(tmp_path):
     result = _run_cli(f"--config={CONFIG}:runlocal", f"--workdir={tmp_path}", "--config.data.tokenizer=")
     assert result.returncode != 0
-    assert "evaluate: EvalConfigError: set --config.data.tokenizer" in result.stderr
+    assert "error: set --config.data.tokenizer" in result.stderr
     assert "Traceback" not in result.stderr

@@ -89,5 +89,8 @@ def test_tables_leave_an_absent_value_empty_and_keep_full_precision_in_csv():
     assert cells["rouge1"] == "0.123456789" and cells["lambda"] == cells["delta_rougeL"] == ""
     table = evaluation.markdown_table(evaluation.RECIPE_TABLE, [row]).splitlines()
     assert len(table) == 3 and table[1] == "|---" * len(evaluation.RECIPE_TABLE) + "|"
-    assert table[2] == "| hindi | task_only |  | 12.3 [6.2, 24.7] | 0.0 [0.0, 0.0] | 25.0 [12.5, 50.0] |  | 50% |"
+    assert table[2] == "| hindi | task_only |  | 12.3 [6.2, 24.7] | 0.0 [0.0, 0.0] | 25.0 [12.5, 50.0] |  | 50% |  |"
+    skipped = {"language": "kirundi", "recipe": "add", "note": "skipped: no unlabeled text for kirundi"}
+    assert evaluation.markdown_table(evaluation.RECIPE_TABLE, [skipped]).splitlines()[2] == (
+        "| kirundi | add |  |  |  |  |  |  | skipped: no unlabeled text for kirundi |")
     assert np.isclose(float(cells["rougeL_high"]), 0.5)

@@ -1,9 +1,14 @@
 """File helpers: atomic writes keep the old file or the new one, and the workdir error is one class."""
 
 import ast
+import dataclasses
 import errno
 import importlib.util
+import os
 import pathlib
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -13,6 +18,8 @@ from peft_jax.pipeline import runner
 from peft_jax.train import loop
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+from test_train_loop import _tiny_config as _TRAIN_CONFIG  # noqa: E402
 
 
 def test_atomic_write_replaces_only_when_asked_and_leaves_no_temporary_file(tmp_path):
@@ -66,17 +73,85 @@ def _evaluate_runlocal_config():
     return module.get_config("runlocal")
 
 
-@pytest.mark.parametrize("entry", ["train", "pipeline", "evaluate"])
-def test_remote_workdirs_are_refused_instead_of_becoming_local_folders(entry, tmp_path, monkeypatch):
+def _demo_runlocal_config():
+    spec = importlib.util.spec_from_file_location("_demo_cfg", ROOT / "configs" / "demo.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config("runlocal")
+
+
+@pytest.mark.parametrize("entry", ["pipeline", "evaluate"])
+def test_entry_points_with_local_only_stages_refuse_remote_workdirs_instead_of_making_local_folders(
+        entry, tmp_path, monkeypatch):
     from peft_jax import evaluate
+    from peft_jax.pipeline import experiment
 
     monkeypatch.chdir(tmp_path)
-    calls = {"train": lambda: loop.check_workdir("gs://bucket/run"),
-             "pipeline": lambda: runner.workdir_lock("gs://bucket/run").__enter__(),
+    calls = {"pipeline": lambda: experiment.run(_demo_runlocal_config(), "gs://bucket/run"),
              "evaluate": lambda: evaluate.evaluate(_evaluate_runlocal_config(), "gs://bucket/run")}
-    with pytest.raises(fileio.WorkdirError, match=r"'gs://bucket/run': remote gs:// paths are not supported"):
+    with pytest.raises(fileio.WorkdirError, match=r"'gs://bucket/run': remote gs:// paths are not supported here"):
         calls[entry]()
     assert list(tmp_path.iterdir()) == []  # no local ./gs:/bucket/run was made
+
+
+_HOLDER = """
+import sys, time
+from peft_jax import fileio
+with fileio.workdir_lock(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_deleting_a_live_runs_lock_file_does_not_let_a_second_run_or_train_start_beside_it(tmp_path):
+    workdir = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(workdir)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        (workdir / fileio.LOCK_RECORD).unlink()  # someone deletes the lock file of the live run
+        with pytest.raises(fileio.WorkdirLockedError, match="is in use by another run"):
+            with runner.workdir_lock(str(workdir)):
+                pass
+        with pytest.raises(fileio.WorkdirLockedError, match="is in use by another run"):  # train.py takes it too
+            loop.train(_TRAIN_CONFIG(), workdir)
+    finally:
+        holder.kill()
+        holder.wait()
+    with runner.workdir_lock(str(workdir)):  # a killed holder's lock is free at once
+        pass
+
+
+def _record(workdir, **changes):
+    owner = dataclasses.replace(fileio.Owner.me(), **changes)
+    workdir.mkdir(exist_ok=True)
+    (workdir / fileio.LOCK_RECORD).write_text(owner.to_json())
+    return owner
+
+
+def test_a_lock_record_refuses_only_while_its_owner_process_is_alive(tmp_path):
+    # Where the kernel lock is unavailable (some network file systems) the record alone must do: a live
+    # owner on this host refuses; a reused pid (another start time), a zombie or a dead one does not.
+    parent = os.getppid()
+    _record(tmp_path, pid=parent, started=fileio._process_start(parent))
+    with pytest.raises(fileio.WorkdirLockedError, match=rf"pid {parent} since"):
+        fileio.LocalLock(fileio.workdir_path(tmp_path)).acquire()
+    _record(tmp_path, pid=parent, started=(fileio._process_start(parent) or 0) + 1)  # the pid was reused
+    lock = fileio.LocalLock(fileio.workdir_path(tmp_path))
+    lock.acquire()
+    lock.release()
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])  # a killed run its parent has not reaped yet
+    while fileio._proc_stat(zombie.pid)[0] not in (b"Z", None):
+        time.sleep(0.05)
+    _record(tmp_path, pid=zombie.pid, started=fileio._process_start(zombie.pid))
+    lock = fileio.LocalLock(fileio.workdir_path(tmp_path))
+    lock.acquire()
+    lock.release()
+    zombie.wait()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    _record(tmp_path, pid=int(dead.stdout))
+    with runner.workdir_lock(str(tmp_path)):
+        assert fileio.Owner.parse((tmp_path / fileio.LOCK_RECORD).read_text()).pid == os.getpid()
+    assert not (tmp_path / fileio.LOCK_RECORD).exists()  # released
 
 
 def test_local_paths_with_colons_are_not_mistaken_for_urls():

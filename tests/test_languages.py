@@ -129,3 +129,24 @@ def test_register_rejects_malformed_fields():
     with pytest.raises(ValueError, match="script"):
         languages.register(bad)
 
+
+
+@pytest.mark.parametrize("row, message", [
+    ("uzbek\tmc4\tuz\tLatn\tscript\t", r"uzbek: script must be 'Cyrl' as in languages.tsv"),
+    ("uzbek\tnone\tuz\tCyrl\tscript\t", r"uzbek: a row has a code and a filter exactly when its source is not 'none'"),
+    ("uzbek\tcc100\tuz\tCyrl\tscript\t", r"uzbek: source must be one of \('mc4', 'none'\)"),
+    ("uzbekk\tmc4\tuz\tCyrl\tscript\t", r"unknown language code 'uzbekk'"),
+])
+def test_unlabeled_text_table_rows_are_checked_against_the_languages_table(tmp_path, monkeypatch, row, message):
+    lines = languages.UNLABELED_TABLE_PATH.read_text("utf-8").splitlines()
+    line_no = next(i for i, line in enumerate(lines, start=1) if line.startswith("uzbek\t"))
+    lines[line_no - 1] = row
+    bad = tmp_path / "unlabeled_text.tsv"
+    bad.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    monkeypatch.setattr(languages, "UNLABELED_TABLE_PATH", bad)
+    languages._unlabeled_table.cache_clear()
+    try:
+        with pytest.raises(languages.LanguageTableError, match=rf"unlabeled_text\.tsv:{line_no}: {message}"):
+            languages.unlabeled_source("swahili")
+    finally:
+        languages._unlabeled_table.cache_clear()  # monkeypatch restores the path; the next call reloads the real table

@@ -127,9 +127,12 @@ def test_paired_bootstrap_matches_a_float64_loop_reference():
     a = np.array([0.3, 0.5, 0.2, 0.6, 0.4, 0.45])
     b = np.array([0.25, 0.52, 0.1, 0.5, 0.42, 0.3])
     result = paired_bootstrap(a, b, num_samples=400, seed=7)
+    one_sided = paired_bootstrap(a, b, num_samples=400, seed=7, alternative="one-sided")
     deltas = _loop_means(a - b, 400, 7)
-    assert result["delta"] == pytest.approx(float(np.mean(a) - np.mean(b)), abs=1e-15)
-    assert result["p_value"] == sum(d <= 0 for d in deltas) / 400
+    delta = float(np.mean(a) - np.mean(b))
+    assert result["delta"] == pytest.approx(delta, abs=1e-15)
+    assert result["p_value"] == sum(abs(d - delta) >= abs(delta) for d in deltas) / 400
+    assert one_sided["p_value"] == sum(d <= 0 for d in deltas) / 400
     assert result["low"] == pytest.approx(_quantile(deltas, 0.025), abs=1e-12)
     assert result["high"] == pytest.approx(_quantile(deltas, 0.975), abs=1e-12)
 

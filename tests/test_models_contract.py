@@ -50,12 +50,13 @@ def test_prompt_features_are_the_start_of_the_training_pair_layout(model):
         pair = model.pair_features(texts[0], [3], 8, 4, eos_id=1, pad_id=0)
         np.testing.assert_array_equal(feats["encoder_input_tokens"][0], pair["encoder_input_tokens"])
         return
+    start = model.decoder_start_id  # the checkpoint's BOS (its EOS without one), never the pad id
     np.testing.assert_array_equal(feats["decoder_input_tokens"],
-                                  [[0, 5, 6, 7, 1, 0, 0, 0], [0, 8, 9, 10, 11, 12, 13, 1]])
+                                  [[start, 5, 6, 7, 1, 0, 0, 0], [start, 8, 9, 10, 11, 12, 13, 1]])
     np.testing.assert_array_equal(feats["decoder_prompt_lengths"], [5, 8])
     assert feats["decoder_input_tokens"].dtype == np.int32
-    pair = model.pair_features(texts[0], [3, 4], 12, 4, eos_id=1, pad_id=0)
-    np.testing.assert_array_equal(pair["decoder_input_tokens"][:5], feats["decoder_input_tokens"][0, :5])
+    pair = model.pair_features(texts[1], [3, 4], 12, 4, eos_id=1, pad_id=0, decoder_start_id=start)
+    np.testing.assert_array_equal(pair["decoder_input_tokens"][:8], feats["decoder_input_tokens"][1])
 
 
 # Dropout masks are keyed by the site name (crc32), so these names fix every training run's masks.
@@ -115,7 +116,7 @@ def test_expand_beams_puts_the_beams_of_row_b_at_rows_bk_to_bk_plus_k(model):
     params = model.init(jax.random.key(0))
     batch = model.prompt_features([[5, 6], [7]], 6, pad_id=0, eos_id=1)
     start = model.decode_start(model.decode_inputs({k: jnp.asarray(v) for k, v in batch.items()}))
-    state = model.decode_init(params, start.init_batch, 4)
+    state = model.decode_init(params, start.init_batch, 8)  # room for the 6 prompt positions
     expanded = model.expand_beams(state, 3)
 
     def check(old, new):  # repeated per beam, or kept once and shared by a row's beams (cross K/V)

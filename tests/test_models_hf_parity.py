@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -45,6 +47,18 @@ def test_mt5_logits_match_transformers(tmp_path, variant):
                  decoder_input_ids=torch.tensor(dec)).logits.numpy()
     out = model.logits(params, {"encoder_input_tokens": jnp.asarray(enc), "decoder_input_tokens": jnp.asarray(dec)})
     assert out.dtype == jnp.float32 and out.shape == ref.shape
+    np.testing.assert_array_less(np.abs(np.asarray(out) - ref).max(), TOL)
+
+
+def test_mt5_with_untied_encoder_and_decoder_embeddings_matches_transformers(tmp_path):
+    tm = H.save_mt5(tmp_path, untied_inputs=True)
+    model, params = peft_jax.load_pretrained(tmp_path)
+    assert model.config.encoder_embedding and model.config.decoder_embedding
+    enc, dec = _t5_batch(np.random.default_rng(5), model.config.vocab_size)
+    with torch.no_grad():
+        ref = tm(input_ids=torch.tensor(enc), attention_mask=torch.tensor(enc != 0),
+                 decoder_input_ids=torch.tensor(dec)).logits.numpy()
+    out = model.logits(params, {"encoder_input_tokens": jnp.asarray(enc), "decoder_input_tokens": jnp.asarray(dec)})
     np.testing.assert_array_less(np.abs(np.asarray(out) - ref).max(), TOL)
 
 
@@ -173,3 +187,86 @@ def test_truncated_safetensors_is_named(tmp_path):
     f.write_bytes(f.read_bytes()[:-100])
     with pytest.raises(CheckpointError, match=r"model\.safetensors: truncated safetensors file"):
         peft_jax.load_pretrained(tmp_path)
+
+
+def _fixture_copy(tmp_path, name):
+    import shutil
+
+    import testdata
+
+    path = tmp_path / name
+    shutil.copytree(testdata.path("checkpoints", name), path, ignore=shutil.ignore_patterns("transformers4"))
+    return path
+
+
+def test_pytorch_bin_without_torch_names_what_to_install(tmp_path, monkeypatch):
+    path = _fixture_copy(tmp_path, "hf_mt5_pytorch_bin")
+    monkeypatch.setitem(sys.modules, "torch", None)  # as if torch were not installed
+    with pytest.raises(CheckpointError, match=r"pytorch_model\.bin: reading a PyTorch \.bin checkpoint needs `torch`, "
+                                              r"which is not installed: pip install torch"):
+        peft_jax.load_pretrained(path)
+
+
+def test_hub_id_offline_is_a_clear_error(tmp_path):
+    code = ("import peft_jax\ntry:\n    peft_jax.load_pretrained('google/mt5-small')\n"
+            "except ValueError as e:\n    print(e)")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120,
+                         cwd=tmp_path)
+    assert "google/mt5-small: not a local directory, and fetching it from the Hugging Face Hub failed" in out.stdout
+
+
+def test_index_listing_a_tensor_its_shard_lacks_is_named(tmp_path):
+    H.save_mt5(tmp_path, max_shard_size="20KB")
+    index = tmp_path / "model.safetensors.index.json"
+    meta = json.loads(index.read_text())
+    name = "encoder.block.0.layer.0.SelfAttention.q.weight"
+    shard = next(f for f in sorted(set(meta["weight_map"].values())) if f != meta["weight_map"][name])
+    meta["weight_map"][name] = shard
+    index.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=r"lists tensor 'encoder\.block\.0\.layer\.0\.SelfAttention\.q\.weight' "
+                                              rf"in {shard}, which does not hold it"):
+        peft_jax.load_pretrained(tmp_path)
+
+
+def test_safetensors_entry_with_short_offsets_names_file_and_tensor(tmp_path):
+    import struct
+
+    path = _fixture_copy(tmp_path, "hf_mt5_safetensors")
+    raw = (path / "model.safetensors").read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + n])
+    header["lm_head.weight"]["data_offsets"][1] -= 8
+    blob = json.dumps(header, separators=(",", ":")).encode().ljust(n)
+    (path / "model.safetensors").write_bytes(raw[:8] + blob + raw[8 + n:])
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: tensor 'lm_head\.weight' of shape \(384, 32\) and "
+                                              r"dtype F32 needs 49152 bytes, but its header offsets .* give 49144"):
+        peft_jax.load_pretrained(path)
+
+
+def test_mt5_tied_without_a_head_tensor_is_refused_by_name(tmp_path):
+    # transformers 4 rescales a tied mT5 head by d_model**-0.5 and 5 does not: no number is safe to give.
+    path = _fixture_copy(tmp_path, "hf_mt5_safetensors")
+    import safetensors.numpy
+
+    tensors = safetensors.numpy.load_file(str(path / "model.safetensors"))
+    del tensors["lm_head.weight"]
+    safetensors.numpy.save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
+    cfg = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**cfg, "tie_word_embeddings": True}))
+    with pytest.raises(CheckpointError, match="tie_word_embeddings=true and no distinct lm_head.weight"):
+        peft_jax.load_pretrained(path)
+
+
+def test_lazy_tensor_slices_of_a_transposed_weight_equal_numpy_slices(tmp_path):
+    # What a device reads of a sharded load: a slice of the transposed file tensor, read piecewise.
+    import safetensors.numpy
+
+    from peft_jax.models.checkpoints.hf_safetensors import SafetensorsSource
+
+    w = np.arange(6 * 10, dtype=np.float32).reshape(6, 10)
+    safetensors.numpy.save_file({"w": w}, str(tmp_path / "model.safetensors"))
+    lazy = SafetensorsSource(str(tmp_path)).get("w")
+    for idx in [(slice(0, 5), slice(2, 4)), (slice(None), slice(3, None)), (Ellipsis,), (slice(7, 10),)]:
+        np.testing.assert_array_equal(lazy.T[idx], w.T[idx])
+    np.testing.assert_array_equal(lazy[1:4], w[1:4])

@@ -195,9 +195,9 @@ def test_truncated_corrupt_and_future_module_files_are_refused(base, tmp_path):
 
 def test_bad_configs_are_refused(base):
     model, _ = base
-    with pytest.raises(peft.PeftConfigError, match="rank must be > 0, got 0"):
+    with pytest.raises(peft.PeftConfigError, match="rank must be >= 1, got 0"):
         peft.LoraConfig(rank=0)
-    with pytest.raises(peft.PeftConfigError, match="prompt length.* must be > 0, got -1"):
+    with pytest.raises(peft.PeftConfigError, match="prompt length.* must be >= 1, got -1"):
         peft.PromptConfig(length=-1)
     with pytest.raises(TargetError, match=r"(?s)matches no parameter path; available paths:\n.*attention/query"):
         peft.init(model, peft.LoraConfig(targets=r".*attn/q_proj"), jax.random.key(0))

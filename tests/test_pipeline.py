@@ -11,6 +11,7 @@ import sys
 
 import pytest
 
+from peft_jax import peft
 from peft_jax.pipeline import experiment
 from peft_jax.pipeline.runner import WorkdirLockedError, workdir_lock
 
@@ -59,7 +60,10 @@ def test_demo_writes_the_results_table_and_plots(demo_run):
     for name in ("results.md", "results_by_language.png", "lambda_sweep.png"):
         assert os.path.getsize(os.path.join(workdir, name)) > 0
     md = open(os.path.join(workdir, "results.md"), encoding="utf-8").read()
-    assert "| syn_mod | task_only |" in md and "λ sweeps" in md
+    assert "| syn_mod | task_only |" in md and "λ sweeps" in md and "λ protocol: target_oracle" in md
+    assert "## Module initialisation (shared_init=True)" in md and "| analogy_1/syn_mod |" in md
+    meta = peft.load(os.path.join(workdir, "train", "lang_syn_mod", "final_module")).metadata
+    assert meta["shared_init"] is True and meta["seed"] == meta["run_seed"] == 0
     preds = pathlib.Path(workdir, "predictions", "syn_mod.analogy.jsonl").read_text(encoding="utf-8").splitlines()
     assert len(preds) == len([1 for _ in range(_config("demo").eval.n_test)])
 

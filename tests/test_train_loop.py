@@ -173,3 +173,47 @@ def test_command_line_run_leaves_a_final_module_for_its_base(tmp_path):
     bad = subprocess.run(cmd[:3] + ["--config.optimizer.learning_rat=1", f"--workdir={workdir}"], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=600)
     assert bad.returncode != 0 and "optimizer.learning_rate" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def _from_dict(config, **changes):
+    """`config` rebuilt from a plain dict with `changes` (dotted keys), as a config read from JSON would be:
+    ml_collections' own type checks do not see these values."""
+    import ml_collections
+
+    d = config.to_dict()
+    for key, value in changes.items():
+        *parents, leaf = key.split(".")
+        target = d
+        for p in parents:
+            target = target[p]
+        target[leaf] = value
+    return ml_collections.ConfigDict(d)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("optimizer.learning_rate", float("nan"), "optimizer.learning_rate must be a finite number in (0, inf), got nan"),
+    ("optimizer.learning_rate", float("inf"), "optimizer.learning_rate must be a finite number in (0, inf), got inf"),
+    ("num_steps", 0, "num_steps must be >= 1, got 0"),
+    ("num_steps", "3", "num_steps must be an integer, got '3' (str)"),
+    ("batch_size", True, "batch_size must be an integer, got True (bool)"),
+    ("model.dtype", "int32", "model.dtype='int32' is not a floating-point dtype"),
+    ("model.dtype", "bool", "model.dtype='bool' is not a floating-point dtype"),
+    ("optimizer.b2", 1.0, "optimizer.b2 must be a finite number in [0, 1), got 1.0"),
+    ("data.noise_density", float("nan"), "data.noise_density must be a finite number in (0, 1), got nan"),
+])
+def test_training_config_values_are_refused_by_type_and_range_naming_the_field(field, value, message, tmp_path):
+    with pytest.raises(config_lib.ConfigError) as e:
+        loop.train(_from_dict(_tiny_config(), **{field: value}), tmp_path)
+    assert message in str(e.value)
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_a_step_that_makes_the_module_non_finite_is_never_saved_and_names_the_step(tmp_path):
+    # learning_rate=1e39 passes the config check (a finite float) but overflows float32: the first update
+    # turns the module to NaN although that step's loss and gradient were finite.
+    config = _tiny_config(num_steps=2, checkpoint_every=1, tensorboard=False, eval_every=0,
+                          **{"optimizer.learning_rate": 1e39})
+    with pytest.raises(loop.NonFiniteLossError, match=r"step 1 made the module's parameters non-finite \(layers_0/"):
+        loop.train(config, tmp_path)
+    assert os.listdir(tmp_path / "checkpoints") == []  # not even as the "last good" checkpoint
+    assert not (tmp_path / "final_module").exists()

@@ -229,3 +229,20 @@ def test_warmup_then_cosine_schedule_matches_its_formula():
     with pytest.raises(optimizers.OptimizerConfigError, match="schedule"):
         cfg.schedule = "exponential"
         optimizers.make_schedule(cfg, 10)
+
+
+def test_memorisable_features_of_a_model_start_with_its_bos_and_follow_the_attention_mode():
+    """Given a model (not just a family name), every decoder sequence starts with its start token."""
+    llama_ids = dict(pad_id=0, bos_id=1, eos_id=2)
+    model = get_model("palm_tiny", vocab_size=64, num_layers=1, **llama_ids)
+    kw = dict(num_examples=3, length=12, vocab_size=64, eos_id=2, pad_id=0)
+    for objective in ("causal_lm", "prefix_lm", "seq2seq"):
+        feats = memorisable_features(model, objective, **kw)
+        np.testing.assert_array_equal(feats["decoder_input_tokens"][:, 0], 1)
+    prefix = memorisable_features(model, "seq2seq", **kw)
+    causal = memorisable_features(model, "seq2seq", prefix=False, **kw)
+    assert prefix["decoder_causal_attention"].any() and not causal["decoder_causal_attention"].any()
+    np.testing.assert_array_equal(prefix["decoder_loss_weights"], causal["decoder_loss_weights"])
+    t5 = get_model("mt5_tiny", vocab_size=64)
+    np.testing.assert_array_equal(memorisable_features(t5, "seq2seq", **kw)["decoder_input_tokens"][:, 0],
+                                  t5.config.decoder_start_id)

@@ -2,6 +2,8 @@
 
 * ``sources``: XL-Sum, WikiLingua (GEM), mC4, Tatoeba, UDHR and TFDS readers, plus
   random-access sources for pipelines; clear errors for missing or malformed data.
+* ``language_text``: a language module's text, kept to its script (``script_filter``) and free of
+  XL-Sum's evaluation data (``decontaminate``), with a report of what was dropped.
 * ``tokenizers``: SentencePiece / Hugging Face tokenizers with T5 sentinels; training.
 * ``preprocess``: t5x features (encoder-decoder, causal and prefix LM), span corruption.
 * ``pipeline``: deterministic, sharded, checkpointable grain iterators, optional packing.
@@ -10,11 +12,15 @@
 
 import importlib
 
-_SUBMODULES = ("pipeline", "preprocess", "sources", "synthetic", "tokenizers")
+_SUBMODULES = ("decontaminate", "language_text", "pipeline", "preprocess", "script_filter", "sources", "synthetic",
+               "tokenizers")
 
 # Public name -> the submodule that defines it. Loaded on first use, so that code needing one piece
 # (the models need `preprocess`) does not import grain, SentencePiece and every source reader.
 _EXPORTS = {
+    **dict.fromkeys(("Decontaminator", "is_bbc_url"), "decontaminate"),
+    **dict.fromkeys(("NoUnlabeledTextError", "prepare_language_text", "require_unlabeled_text"), "language_text"),
+    **dict.fromkeys(("ScriptFilter", "han_variant", "script_share"), "script_filter"),
     **dict.fromkeys(("Packing", "load_state", "make_dataset", "make_iterator", "save_state", "with_rng"), "pipeline"),
     **dict.fromkeys(("XLSUM_MAX_INPUT_LEN", "XLSUM_MAX_TARGET_LEN", "lm_features", "prefix_lm_features",
                      "random_spans_noise_mask", "seq2seq_features", "span_corruption", "span_corruption_features",

@@ -93,28 +93,44 @@ def lm_features(ids: Sequence[int], max_len: int, *, eos_id: int, pad_id: int,
 
 def prefix_lm_features(input_ids: Sequence[int], target_ids: Sequence[int], max_len: int, *,
                        eos_id: int, pad_id: int, max_target_len: int | None = None,
-                       decoder_start_id: int | None = None, input_eos: bool = True,
-                       pad: bool = True) -> dict[str, np.ndarray]:
+                       max_input_len: int | None = None, decoder_start_id: int | None = None,
+                       input_eos: bool = True, prefix: bool = True, pad: bool = True) -> dict[str, np.ndarray]:
     """Prefix-LM features for a decoder-only model: ``[inputs (+EOS), targets + EOS]``.
 
     The loss covers the targets only. ``decoder_causal_attention`` is 1 on the first
     ``len(inputs) + 1`` positions (t5x semantics: the prefix of ``decoder_input_tokens``
-    including the shifted-in start token), which the model attends bidirectionally.
-    Targets get up to ``max_target_len`` tokens (default ``max_len // 2``), inputs the rest.
+    including the shifted-in start token), which the model attends bidirectionally;
+    ``prefix=False`` keeps it all 0 (causal attention everywhere, the loss still on the targets).
+    Targets get up to ``max_target_len`` tokens (default ``max_len // 2``); inputs (EOS included)
+    up to ``max_input_len`` (default: whatever the targets leave, so the split depends on the
+    target's length). A fixed ``max_input_len`` gives every example the same input budget, the one a
+    decoding prompt can reproduce without knowing the target.
     """
     target_budget = max_len // 2 if max_target_len is None else max_target_len
     if not 1 <= target_budget < max_len:
         raise ValueError(f"max_target_len must be in [1, max_len={max_len}), got {target_budget}")
     targets = trim_and_append_eos(target_ids, target_budget, eos_id)
     budget = max_len - len(targets)
+    if max_input_len is not None:
+        if not 1 <= max_input_len <= max_len - target_budget:
+            raise ValueError(f"max_input_len must be in [1, max_len - max_target_len = {max_len - target_budget}], "
+                             f"got {max_input_len}")
+        budget = max_input_len
     inputs = trim_and_append_eos(input_ids, budget, eos_id) if input_eos else as_ids(input_ids)[:budget]
     n_in, n_out = len(inputs), len(targets)
     extra = {
         "decoder_loss_weights": np.concatenate([np.zeros(n_in), np.ones(n_out)]).astype(np.float32),
-        "decoder_causal_attention": (np.arange(n_in + n_out) < n_in + 1).astype(np.int32),
+        "decoder_causal_attention": (np.arange(n_in + n_out) < (n_in + 1 if prefix else 0)).astype(np.int32),
     }
     start = pad_id if decoder_start_id is None else decoder_start_id
     return _finish(np.concatenate([inputs, targets]), extra, max_len, pad_id, start, pad)
+
+
+def decoder_prompt(input_ids: Sequence[int], length: int, *, start_id: int, eos_id: int) -> np.ndarray:
+    """A decoder-only generation prompt ``[start_id] + inputs[:length - 2] + [eos_id]``: exactly the first
+    ``len(prompt)`` tokens of ``prefix_lm_features(..., max_input_len=length - 1, decoder_start_id=start_id)``'s
+    ``decoder_input_tokens``, so decoding continues where training's targets begin."""
+    return np.concatenate([np.asarray([start_id], np.int32), trim_and_append_eos(input_ids, length - 1, eos_id)])
 
 
 # --- Span corruption (Raffel et al. 2020, t5.data.preprocessors) ----------------------------

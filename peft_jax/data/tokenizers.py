@@ -31,6 +31,28 @@ class TokenizerFileError(ValueError):
     """A path that is not a readable SentencePiece model or Hugging Face tokenizer."""
 
 
+class TextInputError(ValueError):
+    """Text a tokenizer cannot encode: not a string, or not valid Unicode (a lone surrogate)."""
+
+
+def checked_text(text) -> str:
+    """`text` if it is a str of valid Unicode; otherwise a `TextInputError` naming the problem and where.
+
+    A lone surrogate (e.g. from JSON ``"\\ud800"`` or bytes decoded with ``surrogateescape``) has no UTF-8
+    form, so neither SentencePiece nor a Hugging Face tokenizer can read it.
+    """
+    if not isinstance(text, str):
+        raise TextInputError(f"tokenizers encode str, got {type(text).__name__}: {str(text)[:60]!r}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        char = text[err.start]
+        raise TextInputError(f"text holds a lone surrogate U+{ord(char):04X} at character {err.start} (after "
+                             f"{text[max(0, err.start - 30):err.start]!r}): not valid Unicode; repair the source "
+                             "text (e.g. decode it with errors='replace')") from None
+    return text
+
+
 class Tokenizer(abc.ABC):
     """Text <-> ids with the special ids and T5 sentinels a model needs."""
 
@@ -44,7 +66,7 @@ class Tokenizer(abc.ABC):
 
     @abc.abstractmethod
     def encode(self, text: str) -> list[int]:
-        """Ids of ``text`` without BOS or EOS."""
+        """Ids of ``text`` without BOS or EOS (`TextInputError` for text that is not valid Unicode)."""
 
     @abc.abstractmethod
     def _decode_base(self, ids: Sequence[int]) -> str:
@@ -139,7 +161,7 @@ class SentencePieceTokenizer(Tokenizer):
         self.pad_id = pad_id if pad_id is not None else _pad_fallback(processor.pad_id(), self.unk_id, self.eos_id)
 
     def encode(self, text: str) -> list[int]:
-        return list(self.sp.encode(text, out_type=int))
+        return list(self.sp.encode(checked_text(text), out_type=int))
 
     def _decode_base(self, ids: Sequence[int]) -> str:
         return self.sp.decode(list(ids))
@@ -172,7 +194,7 @@ class HuggingFaceTokenizer(Tokenizer):
                                                                      self.eos_id)
 
     def encode(self, text: str) -> list[int]:
-        return list(self.tok.encode(text, add_special_tokens=False))
+        return list(self.tok.encode(checked_text(text), add_special_tokens=False))
 
     def _decode_base(self, ids: Sequence[int]) -> str:
         return self.tok.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)

@@ -7,8 +7,11 @@
 
 How decoding starts is the model's (`Model.decode_inputs` / `decode_start`): the
 encoder-decoder starts from its decoder start token, the decoder-only model
-continues right-padded prompts, consumed token by token with the next prompt
-token forced; only the continuation is returned. No-repeat-n-gram blocking bans,
+continues right-padded prompts, read in one pass by `decode_init` with the
+attention training used (`decoder_causal_attention`: the prefix-LM mask), the
+rest of longer prompts fed with the next prompt token forced; only the
+continuation is returned. A module whose metadata records the other attention
+(`decoder_attention`, see `trained_attention`) is refused. No-repeat-n-gram blocking bans,
 as in HF, any token that would repeat an n-gram of the whole sequence, the prompt
 (or the decoder start token) included.
 
@@ -23,7 +26,8 @@ from peft_jax.decode.api import generate, score
 from peft_jax.decode.beam import NEG, expand_peft, top_k_flat
 from peft_jax.decode.sampling import filter_logits
 from peft_jax.decode.sequences import block_ngrams
-from peft_jax.decode.settings import METHODS, DecodeError, DecodeSettings, make_settings
+from peft_jax.decode.settings import (ATTENTION_KEY, ATTENTION_MODES, METHODS, DecodeError, DecodeSettings,
+                                      make_settings, trained_attention)
 
-__all__ = ["DecodeError", "DecodeSettings", "METHODS", "NEG", "block_ngrams", "expand_peft", "filter_logits",
-           "generate", "make_settings", "score", "top_k_flat"]
+__all__ = ["ATTENTION_KEY", "ATTENTION_MODES", "DecodeError", "DecodeSettings", "METHODS", "NEG", "block_ngrams",
+           "expand_peft", "filter_logits", "generate", "make_settings", "score", "top_k_flat", "trained_attention"]

@@ -15,9 +15,13 @@ import jax.numpy as jnp
 
 from peft_jax.decode.beam import beam_search
 from peft_jax.decode.sampling import sample_loop
-from peft_jax.decode.settings import DecodeSettings, check_peft_rows, make_settings
-from peft_jax.models.base import token_array
+from peft_jax.decode.settings import (DecodeSettings, check_attention, check_ngram_size, check_peft_rows,
+                                      make_settings)
+from peft_jax.models.base import check_token_ids, first_decode_position, token_array
 from peft_jax.models.errors import DecodeError
+
+# Batch fields that hold token ids, checked against the vocabulary at the public entry points.
+TOKEN_KEYS = ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens")
 
 
 def generate(model, params, batch, peft=None, method: str = "greedy", max_decode_len: int = 84, *, rng=None,
@@ -36,12 +40,20 @@ def generate(model, params, batch, peft=None, method: str = "greedy", max_decode
     With `return_all_beams`, also `beams` [B, K, L] and `beam_scores` [B, K], best first.
     `peft` may be a module, a list of modules applied together, or batched modules (row b, module b).
     `rng` (a jax.random key) is required by method="sample".
+    A decoder-only prompt is read with the attention its module was trained with: a batch carrying
+    `decoder_causal_attention` (what `model.prompt_features(..., prefix=True)` builds) attends to it
+    bidirectionally, as prefix-LM training did; a module whose metadata records the other attention
+    is refused (`DecodeError`), as are token ids outside the vocabulary and empty batches.
     """
     settings = make_settings(model, method, max_decode_len, **options)
     if settings.method == "sample" and rng is None:
         raise DecodeError("method='sample' needs rng (a jax.random key)")
     inputs = model.decode_inputs(batch)
+    check_token_ids(batch, TOKEN_KEYS, model.config.vocab_size)
     check_peft_rows(peft, jax.tree.leaves(inputs)[0].shape[0])
+    check_attention(peft, batch)
+    prompt_width = jax.eval_shape(model.decode_start, inputs).prompt.shape[1]
+    check_ngram_size(settings, prompt_width + settings.max_decode_len, prompt_width)
     rng = jax.random.PRNGKey(0) if rng is None else rng  # unused unless sampling
     return _jitted_generate(model, settings)(params, inputs, peft, rng)
 
@@ -51,6 +63,8 @@ def score(model, params, batch, peft=None) -> jax.Array:
     keys = list(model.LOGITS_KEYS) + ["decoder_target_tokens"]
     for key in keys:
         token_array(batch, key)
+    check_token_ids(batch, keys, model.config.vocab_size)
+    check_attention(peft, batch)
     optional = ("decoder_loss_weights", "decoder_causal_attention")
     inputs = {k: batch[k] for k in keys + [k for k in optional if k in batch]}
     return _jitted_score(model)(params, inputs, peft)
@@ -86,6 +100,7 @@ def _generate(model, s: DecodeSettings, params, inputs, peft, rng):
     seqs = jnp.full((prompt.shape[0], width), s.pad_id, jnp.int32).at[:, :prompt.shape[1]].set(prompt)
     positions = jnp.arange(width)[None, :]
     seqs = jnp.where(positions < prompt_len[:, None], seqs, s.pad_id)  # clear pad-region tokens of ragged prompts
+    start = first_decode_position(prompt_len)  # decode_init has read the prompts up to here
     if s.method == "beam":
-        return beam_search(model, s, params, peft, state, seqs, prompt_len)
-    return sample_loop(model, s, params, peft, state, seqs, prompt_len, rng)
+        return beam_search(model, s, params, peft, state, seqs, prompt_len, start)
+    return sample_loop(model, s, params, peft, state, seqs, prompt_len, rng, start)

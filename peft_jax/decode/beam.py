@@ -133,14 +133,15 @@ def _reorder(state, flat_parent_N):
     return jax.tree.map(lambda x: x[flat_parent_N] if x.shape[0] == n else x, state)
 
 
-def beam_search(model, s: DecodeSettings, params, peft, state, seqs, prompt_len):
-    """Beam search over K beams per row; the state and batched modules are repeated per beam."""
+def beam_search(model, s: DecodeSettings, params, peft, state, seqs, prompt_len, start=0):
+    """Beam search over K beams per row from position `start` (where the model's state sits); the state
+    and batched modules are repeated per beam."""
     b, width = seqs.shape
     k = s.num_beams
     beams = jnp.repeat(seqs[:, None], k, axis=1)
     # Only beam 0 starts alive, so the first step does not pick the same token K times.
     running = jnp.where(jnp.arange(k)[None, :] == 0, 0.0, NEG) * jnp.ones((b, 1), jnp.float32)
-    carry = {"t": jnp.int32(0), "seqs": beams, "running": running,
+    carry = {"t": jnp.asarray(start, jnp.int32), "seqs": beams, "running": running,
              "state": model.expand_beams(state, k), "fin_seqs": beams,
              "fin_scores": jnp.full((b, k), NEG, jnp.float32), "fin_flag": jnp.zeros((b, k), bool),
              "improvable": jnp.ones((b,), bool), "done": jnp.zeros((b,), bool)}

@@ -1,7 +1,9 @@
 """Greedy decoding and ancestral sampling: one token per step until every row is finished.
 
-Decoder-only prompts are consumed token by token with the next prompt token
-forced (t5x-style), which is exact for prompts of different lengths in one batch.
+Decoding starts at the last prompt position every row shares (the model's
+`decode_init` has read the prompts); the remaining prompt tokens of longer rows
+are fed with the next prompt token forced (t5x-style), which is exact for
+prompts of different lengths in one batch.
 """
 
 from __future__ import annotations
@@ -39,8 +41,9 @@ def _next_token(s: DecodeSettings, logits_NxV, seqs_NxS, t, key):
     return jax.random.categorical(jax.random.fold_in(key, t), logits, axis=-1).astype(jnp.int32)
 
 
-def sample_loop(model, s: DecodeSettings, params, peft, state, seqs, prompt_len, rng):
-    """Greedy decoding or ancestral sampling, one token per iteration, until every row is finished."""
+def sample_loop(model, s: DecodeSettings, params, peft, state, seqs, prompt_len, rng, start=0):
+    """Greedy decoding or ancestral sampling, one token per iteration from position `start` (where the
+    model's state sits), until every row is finished."""
     width = seqs.shape[1]
 
     def body(c):
@@ -58,7 +61,7 @@ def sample_loop(model, s: DecodeSettings, params, peft, state, seqs, prompt_len,
                 "logprob": c["logprob"] + jnp.where(live, token_logp, 0.0)}
 
     b = seqs.shape[0]
-    carry = {"t": jnp.int32(0), "seqs": seqs, "done": jnp.zeros((b,), bool), "state": state,
+    carry = {"t": jnp.asarray(start, jnp.int32), "seqs": seqs, "done": jnp.zeros((b,), bool), "state": state,
              "logprob": jnp.zeros((b,), jnp.float32)}
     carry = jax.lax.while_loop(lambda c: (c["t"] < width - 1) & ~jnp.all(c["done"]), body, carry)
     tokens = continuation(carry["seqs"], prompt_len, s.max_decode_len)

@@ -11,6 +11,7 @@ import math
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from peft_jax.models.errors import DecodeError
@@ -93,9 +94,62 @@ def make_settings(model, method: str, max_decode_len: int, *, temperature=1.0, t
 
 def check_peft_rows(peft, batch_size: int):
     """Batched (per-example) modules must have one row per example."""
-    modules = [] if peft is None else [peft] if isinstance(peft, PeftModule) else list(peft)
-    for i, m in enumerate(modules):
+    for i, m in enumerate(_modules(peft)):
         if isinstance(m, PeftModule) and m.batched:
             rows = jax.tree.leaves(m.params)[0].shape[0]
             if rows != batch_size:
                 raise DecodeError(f"batched PEFT module {i} has {rows} rows but the batch has {batch_size}")
+
+
+def check_ngram_size(s: DecodeSettings, width: int, prompt_width: int) -> None:
+    """An n-gram longer than the whole decoded sequence can never repeat: a mistaken setting, refused."""
+    if s.no_repeat_ngram_size > width:
+        raise DecodeError(f"no_repeat_ngram_size={s.no_repeat_ngram_size} is larger than the decoded sequence "
+                          f"({prompt_width} prompt positions + max_decode_len {s.max_decode_len} = {width} tokens): "
+                          "no n-gram of that size fits, so nothing would ever be blocked")
+
+
+# The metadata key under which training records how a decoder-only seq2seq module attended to its input.
+ATTENTION_KEY = "decoder_attention"
+ATTENTION_MODES = ("prefix", "causal")
+
+
+def _modules(peft) -> list:
+    return [] if peft is None else [peft] if isinstance(peft, PeftModule) else list(peft)
+
+
+def _recorded_attention(meta: dict) -> set[str]:
+    """The attention recorded in a module's metadata, its own or its composition inputs'."""
+    found = {meta[ATTENTION_KEY]} if meta.get(ATTENTION_KEY) else set()
+    for record in (meta.get("composition") or {}).get("inputs") or []:
+        value = (record.get("metadata") or {}).get(ATTENTION_KEY)
+        if value:
+            found.add(value)
+    return found
+
+
+def trained_attention(peft) -> str | None:
+    """How the modules' training attended to the input: 'prefix' (prefix LM), 'causal', or None when no
+    module records it (language modules, encoder-decoder modules, modules trained before it was recorded).
+    Modules that disagree are refused: no prompt layout serves both."""
+    modes = set()
+    for m in _modules(peft):
+        if isinstance(m, PeftModule):
+            modes |= _recorded_attention(m.metadata)
+    if len(modes) > 1:
+        raise DecodeError(f"the PEFT modules were trained with different attention over the input "
+                          f"({ATTENTION_KEY} {sorted(modes)}); decode them separately")
+    return next(iter(modes), None)
+
+
+def check_attention(peft, batch) -> None:
+    """Refuses decoding or scoring a module with attention over the prompt other than its training's."""
+    trained = trained_attention(peft)
+    if trained is None:
+        return
+    prefix = batch.get("decoder_causal_attention") if isinstance(batch, dict) else None
+    given = "prefix" if prefix is not None and bool(jax.device_get(jnp.any(jnp.asarray(prefix)))) else "causal"
+    if given != trained:
+        raise DecodeError(f"the PEFT module was trained with {ATTENTION_KEY}={trained!r} but the batch is read "
+                          f"with {given!r} attention over the prompt; build it with "
+                          f"model.prompt_features(..., prefix={trained == 'prefix'})")

@@ -25,7 +25,9 @@ INTERVAL_KEYS = ("rouge1", "rouge2", "rougeL")
 class Scoring:
     """How summaries are scored; every number it gives depends only on these settings and the texts."""
 
-    tokenization: str = "multilingual"  # multilingual (XL-Sum protocol) | sentencepiece | default
+    # xlsum (XL-Sum's official scorer, quirks included) | multilingual (a clean variant) | sentencepiece |
+    # default; `metrics.rouge.scorer_name` says which in every table.
+    tokenization: str = "multilingual"
     spm_path: str | None = None  # SentencePiece model of tokenization='sentencepiece'
     # Wrong-language rate: 'langid', a callable text -> language code, or None (script check only).
     identifier: str | Callable[[str], str] | None = "langid"
@@ -53,5 +55,5 @@ class Scoring:
     def compare(self, per_example: dict, baseline: dict, key: str = "rougeL") -> dict:
         """Paired bootstrap of a system against a baseline on the same examples: delta_<key>, p_value."""
         t = metrics.paired_bootstrap(per_example[key], baseline[key], num_samples=self.bootstrap_samples,
-                                     seed=self.seed)
+                                     seed=self.seed, alternative="one-sided")
         return {"delta_" + key: t["delta"], "p_value": t["p_value"]}

@@ -97,11 +97,14 @@ SYSTEM_TABLE: tuple[Column, ...] = (
     ("ROUGE-Lsum", lambda r: f"{100 * r['rougeLsum']:.2f}"), ("wrong lang.", _wrong_language),
     ("tokens", lambda r: f"{r['mean_tokens']:.1f}"))
 
+# A recipe that could not run for a language (e.g. no related labeled language) has a `note` instead of scores.
 RECIPE_TABLE: tuple[Column, ...] = (
     ("language", lambda r: r["language"]), ("recipe", lambda r: r["recipe"]),
     ("λ", _optional("lambda", lambda r: f"{r['lambda']:g}")),
-    ("ROUGE-1", _interval("rouge1", 1)), ("ROUGE-2", _interval("rouge2", 1)), ("ROUGE-L", _interval("rougeL", 1)),
-    ("ΔL vs task_only (p)", _optional("delta_rougeL", _paired_delta)), ("wrong lang.", _wrong_language))
+    ("ROUGE-1", _optional("rouge1", _interval("rouge1", 1))), ("ROUGE-2", _optional("rouge2", _interval("rouge2", 1))),
+    ("ROUGE-L", _optional("rougeL", _interval("rougeL", 1))),
+    ("ΔL vs task_only (p)", _optional("delta_rougeL", _paired_delta)),
+    ("wrong lang.", _optional("wrong_language_rate", _wrong_language)), ("note", lambda r: r.get("note") or ""))
 
 
 def sweep_section(by_recipe: dict[str, dict[str, Sequence[tuple[float, float]]]]) -> str:

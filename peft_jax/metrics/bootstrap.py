@@ -74,17 +74,38 @@ def bootstrap_ci(scores: Sequence[float], num_samples: int = 1000, confidence: f
     return float(values.mean()), low, high
 
 
+ALTERNATIVES = ("two-sided", "one-sided")
+
+
+def _p_value(delta: float, deltas: np.ndarray, alternative: str) -> float:
+    """The bootstrap p-value of the observed `delta` given the resampled `deltas`.
+
+    two-sided: the resampled deltas centred on the observed one estimate the null distribution
+    (Efron & Tibshirani 1993, §16.4); p = share with |δ* − δ| >= |δ|.
+    one-sided: Koehn (2004)'s share of resamples whose delta does not have the observed sign.
+    """
+    if delta == 0:
+        return 1.0
+    if alternative == "two-sided":
+        return float(np.mean(np.abs(deltas - delta) >= abs(delta)))
+    return float(np.mean(deltas <= 0)) if delta > 0 else float(np.mean(deltas >= 0))
+
+
 def paired_bootstrap(scores_a: Sequence[float], scores_b: Sequence[float],
                      num_samples: int = 1000, seed: int = 0,
-                     confidence: float = 0.95) -> dict[str, float]:
+                     confidence: float = 0.95, alternative: str = "two-sided") -> dict[str, float]:
     """Paired bootstrap test of system A against system B on the same examples.
 
     Returns:
       {"delta": mean(a) - mean(b), "low"/"high": percentile interval of the
-      resampled delta, "p_value": one-sided share of resamples whose delta does
-      not have the sign of the observed delta (resampled delta <= 0 when
-      delta > 0, >= 0 when delta < 0; 1.0 when delta == 0)}.
+      resampled delta, "p_value": see `alternative` (1.0 when delta == 0)}.
+      alternative="two-sided" (default) tests delta != 0: the share of resampled
+      deltas, centred on the observed delta, at least as far from 0 as it is;
+      "one-sided" is the share of resamples whose delta does not have the sign
+      of the observed delta (Koehn 2004), a test in the observed direction.
     """
+    if alternative not in ALTERNATIVES:
+        raise ValueError(f"alternative must be one of {ALTERNATIVES}, got {alternative!r}")
     a = _as_scores(scores_a, "scores_a")
     b = _as_scores(scores_b, "scores_b")
     if a.shape != b.shape:
@@ -93,11 +114,5 @@ def paired_bootstrap(scores_a: Sequence[float], scores_b: Sequence[float],
     _check_options(num_samples, confidence)
     delta = float(a.mean() - b.mean())
     deltas = _resampled_means(a - b, int(num_samples), seed)
-    if delta > 0:
-        p_value = float(np.mean(deltas <= 0))
-    elif delta < 0:
-        p_value = float(np.mean(deltas >= 0))
-    else:
-        p_value = 1.0
     low, high = _interval(deltas, confidence)
-    return {"delta": delta, "p_value": p_value, "low": low, "high": high}
+    return {"delta": delta, "p_value": _p_value(delta, deltas, alternative), "low": low, "high": high}

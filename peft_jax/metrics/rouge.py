@@ -1,17 +1,22 @@
-"""ROUGE for many languages: English rouge_score, XL-Sum multilingual, SentencePiece.
+"""ROUGE for many languages: XL-Sum's official scorer, a clean multilingual one, English, SentencePiece.
 
 Stock ``rouge_score`` keeps only ``[a-z0-9]`` and so scores Bengali, Hindi or
-Chinese as zero. ``rouge`` offers three tokenizations, all scored by
+Chinese as zero. ``rouge`` offers four tokenizations, all scored by
 ``rouge_score`` itself (its ``tokenizer=`` hook), so n-gram and LCS counting is
 the reference implementation in every mode:
 
-* ``"default"``: exactly ``RougeScorer(types, use_stemmer=True)`` (English, Porter).
-* ``"multilingual"``: the XL-Sum protocol (Hasan et al. 2021), see
+* ``"xlsum"``: XL-Sum's official multilingual scorer (Hasan et al. 2021), quirks
+  included, for numbers comparable with published XL-Sum results (``xlsum.py``).
+* ``"multilingual"``: a clean variant of that protocol (every Unicode punctuation
+  and symbol removed, whitespace never a token, the same segmenter for every
+  ROUGE type, Snowball stemming where Snowball has the language), see
   ``MultilingualTokenizer`` and docs/multilingual_rouge.md.
+* ``"default"``: exactly ``RougeScorer(types, use_stemmer=True)`` (English, Porter).
 * ``"sentencepiece"``: ROUGE over the pieces of a SentencePiece model.
 
 ``rougeLsum`` splits summaries into sentences at newlines (rouge_score's rule
-when ``split_summaries=False``); put one sentence per line to use it.
+when ``split_summaries=False``); ``"xlsum"`` first puts a newline after each
+sentence as XL-Sum does, the others score the text as given.
 """
 
 from __future__ import annotations
@@ -27,9 +32,18 @@ from collections.abc import Callable, Iterator, Sequence
 from rouge_score import rouge_scorer, tokenizers
 
 from peft_jax import extras, languages
+from peft_jax.metrics import segmenters, xlsum
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
-TOKENIZATIONS = ("multilingual", "sentencepiece", "default")
+TOKENIZATIONS = ("xlsum", "multilingual", "sentencepiece", "default")
+
+# What each tokenization is, in words a results table can print under its scores.
+SCORER_NAMES = {
+    "xlsum": "XL-Sum official multilingual ROUGE (csebuetnlp/xl-sum multilingual_rouge_scoring), reproduced",
+    "multilingual": "clean multilingual ROUGE (peft_jax; not XL-Sum's official scorer)",
+    "default": "rouge_score English ROUGE (Porter stemming)",
+    "sentencepiece": "ROUGE over SentencePiece pieces",
+}
 
 # Tokens of at most this many characters are never stemmed (XL-Sum, rouge_score).
 MAX_UNSTEMMED_LENGTH = 3
@@ -100,26 +114,14 @@ def segment_burmese(text: str) -> list[str]:
     return tokens
 
 
-@functools.cache
-def _jieba():
-    """The jieba segmenter, initialized once (it builds a prefix dictionary)."""
-    jieba = extras.require("jieba", "Chinese ROUGE segmentation")
-    jieba.setLogLevel(60)  # jieba logs its dictionary loading at INFO
-    jieba.initialize()
-    return jieba
+# The cached loaders, under the names this module has always used.
+_jieba = segmenters.jieba
+_mecab = segmenters.mecab
 
 
 def segment_chinese(text: str) -> list[str]:
     """Chinese words by jieba (its default dictionary and HMM, as XL-Sum uses)."""
     return [t for t in _jieba().cut(text) if t.strip()]
-
-
-@functools.cache
-def _mecab():
-    """A MeCab (fugashi) tagger on the bundled UniDic-lite dictionary: no download."""
-    fugashi = extras.require("fugashi", "Japanese ROUGE segmentation")
-    unidic_lite = extras.require("unidic_lite", "Japanese ROUGE segmentation")
-    return fugashi.Tagger(f'-O wakati -b 50000 -d "{unidic_lite.DICDIR}"')
 
 
 def segment_japanese(text: str) -> list[str]:
@@ -129,7 +131,7 @@ def segment_japanese(text: str) -> list[str]:
 
 def segment_thai(text: str) -> list[str]:
     """Thai words by PyThaiNLP's dictionary-based ``newmm`` engine (needs no download)."""
-    word_tokenize = extras.require("pythainlp.tokenize", "Thai ROUGE segmentation").word_tokenize
+    word_tokenize = segmenters.thai_word_tokenize()
     return [t for t in word_tokenize(text, engine="newmm", keep_whitespace=False) if t.strip()]
 
 
@@ -201,7 +203,9 @@ def snowball_algorithm(language: languages.Language | None) -> str | None:
 
 
 class MultilingualTokenizer:
-    """The XL-Sum multilingual ROUGE tokenizer, usable as rouge_score's ``tokenizer=``.
+    """The clean multilingual ROUGE tokenizer (``"multilingual"``), usable as rouge_score's ``tokenizer=``.
+
+    A clean variant of the XL-Sum protocol; ``xlsum.XlsumTokenizer`` is the official one.
 
     Steps: lower-case; punctuation, symbols and control characters become
     spaces; segmentation (jieba for Chinese, MeCab/UniDic-lite for Japanese,
@@ -245,10 +249,27 @@ class SentencePieceTokenizer:
 
 # --------------------------------------------------------------------------- scoring
 
+def scorer_name(tokenization: str) -> str:
+    """The scorer behind ``tokenization``, to print with every table of its scores."""
+    if tokenization not in SCORER_NAMES:
+        raise RougeInputError(f"unknown tokenization {tokenization!r}; expected one of {TOKENIZATIONS}")
+    missing = xlsum.missing_nltk_data() if tokenization == "xlsum" else ()
+    if missing:
+        # Then the scores differ from the official ones (docs/multilingual_rouge.md): say so.
+        return f"{SCORER_NAMES[tokenization]}, without NLTK data {' and '.join(missing)}"
+    return SCORER_NAMES[tokenization]
+
+
 @functools.lru_cache(maxsize=32)
 def _multilingual_tokenizer(language: languages.Language | None) -> MultilingualTokenizer:
     """One tokenizer per language: segmenters and stemmers are costly to build."""
     return MultilingualTokenizer(language)
+
+
+@functools.lru_cache(maxsize=32)
+def _xlsum_tokenizer(language_name: str | None) -> xlsum.XlsumTokenizer:
+    """One XL-Sum tokenizer per language (its stemmer caches stems)."""
+    return xlsum.XlsumTokenizer(language_name)
 
 
 def _check_inputs(predictions, references, tokenization, spm_path) -> None:
@@ -276,6 +297,12 @@ def _make_tokenizer(lang, tokenization, spm_path):
         return None
     if tokenization == "sentencepiece":
         return SentencePieceTokenizer(spm_path)
+    if tokenization == "xlsum":
+        if lang is None:
+            warnings.warn("rouge(lang=None, tokenization='xlsum'): the XL-Sum scorer without a "
+                          "language (no segmenter, Porter stemming)", stacklevel=3)
+            return _xlsum_tokenizer(None)
+        return _xlsum_tokenizer(languages.resolve(lang).name)
     if lang is None:
         warnings.warn("rouge(lang=None): language-agnostic fallback tokenization "
                       "(punctuation stripped, script-based segmentation, no stemming)",
@@ -295,6 +322,19 @@ def _warn_if_default_drops_text(references: Sequence[str]) -> None:
             return
 
 
+def _scorers(tokenizer) -> list[rouge_scorer.RougeScorer]:
+    """rouge_score scorers that together give every ROUGE type with ``tokenizer``.
+
+    XL-Sum's scorer tokenizes the sentences of ROUGE-Lsum differently from the whole text,
+    so that type gets its own scorer. use_stemmer only matters for tokenizer=None
+    ("default"); ours stem themselves.
+    """
+    if isinstance(tokenizer, xlsum.XlsumTokenizer):
+        return [rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], tokenizer=tokenizer),
+                rouge_scorer.RougeScorer(["rougeLsum"], tokenizer=tokenizer.sentence_tokenizer())]
+    return [rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True, tokenizer=tokenizer)]
+
+
 def rouge(predictions: Sequence[str], references: Sequence[str], lang: str | None = "en",
           tokenization: str = "multilingual", spm_path: str | os.PathLike | None = None,
           per_example: bool = False) -> dict:
@@ -303,16 +343,18 @@ def rouge(predictions: Sequence[str], references: Sequence[str], lang: str | Non
     Args:
       predictions: generated summaries, one string per example.
       references: gold summaries, aligned with ``predictions``.
-      lang: language code known to ``peft_jax.languages`` (used by "multilingual"),
-        or None for the language-agnostic fallback (with a warning).
-      tokenization: "multilingual" (XL-Sum protocol), "sentencepiece" or "default"
-        (rouge_score's English tokenizer with Porter stemming).
+      lang: language code known to ``peft_jax.languages`` (used by "xlsum" and
+        "multilingual"), or None for the language-agnostic fallback (with a warning).
+      tokenization: "xlsum" (XL-Sum's official scorer), "multilingual" (its clean
+        variant), "sentencepiece" or "default" (rouge_score's English tokenizer with
+        Porter stemming); ``scorer_name`` describes each.
       spm_path: SentencePiece model, required for "sentencepiece".
       per_example: also return ``per_example``: {rouge type: list of F1}.
 
     Returns:
       {"rouge1", "rouge2", "rougeL", "rougeLsum": float in [0, 1]}, plus
-      "per_example" when asked. rougeLsum splits sentences at newlines.
+      "per_example" when asked. rougeLsum splits sentences at newlines ("xlsum"
+      first ends every sentence with one).
 
     Raises:
       RougeInputError: empty input, length mismatch, unknown tokenization, missing spm_path.
@@ -323,13 +365,15 @@ def rouge(predictions: Sequence[str], references: Sequence[str], lang: str | Non
     tokenizer = _make_tokenizer(lang, tokenization, spm_path)
     if tokenization == "default":
         _warn_if_default_drops_text(references)
-    # use_stemmer only matters for tokenizer=None ("default"); ours stem themselves.
-    scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True, tokenizer=tokenizer)
+    scorers = _scorers(tokenizer)
+    # XL-Sum strips texts and ends each sentence with a newline before scoring.
+    prepare = xlsum.newline_sentences if tokenization == "xlsum" else (lambda text: text)
     scores = {t: [] for t in ROUGE_TYPES}
     for prediction, reference in zip(predictions, references):
-        result = scorer.score(target=reference, prediction=prediction)
-        for t in ROUGE_TYPES:
-            scores[t].append(result[t].fmeasure)
+        target, prediction = prepare(reference), prepare(prediction)
+        for scorer in scorers:
+            for t, score in scorer.score(target=target, prediction=prediction).items():
+                scores[t].append(score.fmeasure)
     out: dict = {t: sum(v) / len(v) for t, v in scores.items()}
     if per_example:
         out["per_example"] = scores

@@ -1,7 +1,8 @@
 """Flax-free pure-JAX models: mT5 (encoder-decoder) and a PaLM-style decoder-only family.
 
 `base.Model` is the contract both implement and everything else relies on;
-`registry` lists the architectures.
+`registry` lists the architectures. `load_pretrained` (`hf`) reads checkpoints of every format in
+`checkpoints/` strictly (`hf_config` for config.json, `hf_names` for tensor names).
 """
 
 from peft_jax.models.base import DecodeStart, Model

@@ -13,6 +13,7 @@ Models are frozen dataclasses, hence hashable: jitted functions close over them.
 from __future__ import annotations
 
 import abc
+import dataclasses
 from typing import Any, ClassVar, Mapping, NamedTuple, Sequence
 
 import jax
@@ -83,7 +84,11 @@ class Model(abc.ABC):
     # ----------------------------------------------------------------- computation
     @abc.abstractmethod
     def logits(self, params, batch: dict, peft=None, *, dropout_rng=None) -> jax.Array:
-        """Teacher-forced float32 logits [B, T, V] of `batch` (the fields in `LOGITS_KEYS`)."""
+        """Teacher-forced float32 logits [B, T, V] of `batch` (the fields in `LOGITS_KEYS`).
+
+        Token ids outside [0, vocab_size) raise `DecodeError` when the batch is concrete; inside
+        `jax.jit` they cannot be checked and are clamped / wrapped as JAX gathers do (`check_token_ids`).
+        """
 
     @abc.abstractmethod
     def hidden(self, params, batch: dict, peft=None, *, dropout_rng=None) -> jax.Array:
@@ -119,18 +124,24 @@ class Model(abc.ABC):
     @classmethod
     @abc.abstractmethod
     def pair_features(cls, input_ids, target_ids, input_len: int, target_len: int, *, eos_id: int, pad_id: int,
-                      decoder_start_id: int | None = None) -> dict[str, np.ndarray]:
-        """An (input, target) example as this architecture's seq2seq training features (t5x names)."""
+                      decoder_start_id: int | None = None, prefix: bool = True) -> dict[str, np.ndarray]:
+        """An (input, target) example as this architecture's seq2seq training features (t5x names).
+
+        `decoder_start_id`: pass the model's (`Model.decoder_start_id`). `prefix`: the input is attended
+        bidirectionally (always so through an encoder; a decoder-only model may train causally instead).
+        `prompt_features(texts, input_len - target_len)` is the decoding side of the same layout.
+        """
 
     @property
     def decoder_start_id(self) -> int | None:
-        """The token decoder inputs start with in training features (None: the pad id)."""
+        """The token decoder inputs start with in training features and prompts (None: the pad id)."""
         return None
 
     @abc.abstractmethod
     def prompt_features(self, token_lists: Sequence[Sequence[int]], max_input_len: int, *, pad_id: int,
-                        eos_id: int) -> dict[str, np.ndarray]:
-        """Generation inputs for already-encoded texts, as `decode_inputs` reads them."""
+                        eos_id: int, prefix: bool = True) -> dict[str, np.ndarray]:
+        """Generation inputs for already-encoded texts, as `decode_inputs` reads them, with the input
+        attended as `pair_features(..., prefix=prefix)` trained it."""
 
     # ------------------------------------------------------------ Hugging Face names
     @abc.abstractmethod
@@ -144,7 +155,8 @@ class Model(abc.ABC):
 
 
 def token_array(batch, key: str) -> jax.Array:
-    """batch[key], checked to be a 2-D integer array (`DecodeError` otherwise)."""
+    """batch[key], checked to be a 2-D integer array with at least one row and one position
+    (`DecodeError` otherwise)."""
     if not isinstance(batch, dict) or key not in batch:
         got = sorted(batch) if isinstance(batch, dict) else type(batch).__name__
         raise DecodeError(f"batch needs {key!r} (int [batch, length]); got {got}")
@@ -152,7 +164,48 @@ def token_array(batch, key: str) -> jax.Array:
     if getattr(x, "ndim", None) != 2 or not jnp.issubdtype(x.dtype, jnp.integer):
         raise DecodeError(f"batch[{key!r}] must be a 2-D integer array, got "
                           f"{getattr(x, 'dtype', type(x).__name__)} {getattr(x, 'shape', '')}")
+    if 0 in x.shape:
+        what = "no rows (an empty batch)" if x.shape[0] == 0 else "zero-length rows"
+        raise DecodeError(f"batch[{key!r}] has shape {tuple(x.shape)}: {what}")
     return x
+
+
+def check_token_ids(batch, keys: Sequence[str], vocab_size: int) -> None:
+    """Refuses token ids outside [0, vocab_size) in `batch[key]` for each key present (`DecodeError`
+    naming the key, the offending value and where it is).
+
+    A host-side check of concrete arrays (numpy, on the host copy of the ids). Traced arrays (inside
+    `jax.jit`) and arrays spread over several hosts are not checked: there, as in any JAX gather, an id
+    >= vocab_size reads the last embedding row and a negative id wraps around, so check batches before
+    jitted code sees them (`generate` and `score` do).
+    """
+    for key in keys:
+        x = batch.get(key) if isinstance(batch, dict) else None
+        if x is None or isinstance(x, jax.core.Tracer) or getattr(x, "size", 0) == 0:
+            continue
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            continue
+        ids = np.asarray(x)
+        lo, hi = int(ids.min()), int(ids.max())
+        if lo < 0 or hi >= vocab_size:
+            bad = lo if lo < 0 else hi
+            row, col = (int(i) for i in np.argwhere(ids == bad)[0])
+            raise DecodeError(f"batch[{key!r}] holds token id {bad} at [{row}, {col}], outside the vocabulary "
+                              f"[0, {vocab_size})")
+
+
+def first_decode_position(prompt_lengths) -> jax.Array:
+    """The position decoding feeds first: the last prompt position every row has (`decode_init` has read
+    everything before it; the encoder-decoder's one-token prompts make it 0)."""
+    return jnp.min(prompt_lengths) - 1
+
+
+def tokenizer_ids(config, tok) -> dict[str, int]:
+    """The tokenizer's special ids (pad, EOS, BOS) for the fields the model config `config` has: a base
+    built for a tokenizer pads, starts and ends its sequences with that tokenizer's ids."""
+    names = {f.name for f in dataclasses.fields(config)}
+    return {k: int(getattr(tok, k)) for k in ("pad_id", "eos_id", "bos_id")
+            if k in names and getattr(tok, k, None) is not None}
 
 
 def right_padded(rows: Sequence[Sequence[int]], length: int, pad_id: int) -> np.ndarray:

@@ -1,41 +1,57 @@
-"""Loading Hugging Face checkpoints (config.json + safetensors) into our models.
+"""`load_pretrained`: a checkpoint in any format we read -> (model, params), strictly.
 
-`load_pretrained(path)` reads `config.json`, builds the matching model config,
-then reads each tensor lazily from memory-mapped safetensors (single file or
-sharded with `model.safetensors.index.json`), transposes Linear weights to our
-`[in, out]` kernels, casts, and places it — into a given sharding if one is
-passed, reading only each device's slice. The whole model is never held twice.
+Formats (`models/checkpoints/`): Hugging Face directories (config.json + safetensors, sharded or not;
+pytorch_model.bin; flax_model.msgpack), Hub ids, t5x checkpoints (legacy and Orbax, with a model
+description passed as `model=`), and this project's native checkpoints. The model comes from config.json
+(`hf_config`, which refuses fields it cannot honour), the tensor names from the model's name table
+(`hf_names`). Each tensor is read lazily, transposed to our `[in, out]` kernels, cast and placed, into a
+given sharding if one is passed (each device reads only its slice). Every tensor of the file must be
+used: one left over fails the load, named, since it would mean the model computes something else.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import re
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from peft_jax.models import native
-from peft_jax.models.decoder import DecoderConfig, DecoderModel
+from peft_jax.models import hf_config, native
+from peft_jax.models.checkpoints import flax_msgpack, hf_safetensors, hub, t5x, torch_bin
+from peft_jax.models.checkpoints.base import TensorSource
 from peft_jax.models.errors import CheckpointError
-from peft_jax.models.hf_names import TRANSPOSE
-from peft_jax.models.safetensors_io import SafetensorsError, SafetensorsFile
+from peft_jax.models.hf_names import IDENTITY, TRANSPOSE
+from peft_jax.models.presets import PRESETS
+from peft_jax.models.registry import model_for_config
 from peft_jax.models.spec import flatten, unflatten
-from peft_jax.models.t5 import T5Config, T5Model
 
-T5_ARCHS = ("MT5ForConditionalGeneration", "T5ForConditionalGeneration")
-DECODER_ARCHS = ("LlamaForCausalLM", "GemmaForCausalLM")
+# Tensors transformers itself never reads: T5's cross-attention never has a relative-position table, yet
+# original T5 checkpoints hold one (transformers lists it in `_keys_to_ignore_on_load_unexpected`).
+IGNORED = {"t5": {"decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight"}}
+# Names that alias another tensor (tied copies written by older savers): used if equal to their target.
+ALIASES = {"t5": {"encoder.embed_tokens.weight": "shared.weight", "decoder.embed_tokens.weight": "shared.weight",
+                  "lm_head.weight": "shared.weight"},
+           "decoder": {"lm_head.weight": "model.embed_tokens.weight"}}
+# Config fields that set each logical axis of a parameter, and the layer counts, for error messages.
+AXIS_FIELDS = {"t5": {"vocab": "vocab_size", "embed": "d_model", "heads": "num_heads, d_kv", "mlp": "d_ff",
+                      "relpos_buckets": "relative_attention_num_buckets"},
+               "decoder": {"vocab": "vocab_size", "embed": "hidden_size", "heads": "num_attention_heads, head_dim",
+                           "kv_heads": "num_key_value_heads, head_dim", "mlp": "intermediate_size"}}
+LAYER_FIELDS = {"t5": {"encoder.block.": "num_layers", "decoder.block.": "num_decoder_layers"},
+                "decoder": {"model.layers.": "num_hidden_layers"}}
 
 
 # ------------------------------------------------------------------------ configs
 def read_config(path: str) -> dict:
-    if not os.path.isdir(path):
-        raise CheckpointError(f"{path}: checkpoint directory does not exist")
     cfg_path = os.path.join(path, "config.json")
     if not os.path.isfile(cfg_path):
-        raise CheckpointError(f"{cfg_path}: missing config.json (expected a Hugging Face checkpoint directory)")
+        raise CheckpointError(f"{cfg_path}: missing config.json (expected a Hugging Face checkpoint directory; "
+                              "a t5x checkpoint needs `model=`)")
     try:
         with open(cfg_path, encoding="utf-8") as f:
             cfg = json.load(f)
@@ -46,154 +62,205 @@ def read_config(path: str) -> dict:
     return cfg
 
 
-def _architecture(cfg: dict, cfg_path: str) -> str:
-    archs = cfg.get("architectures") or []
-    arch = archs[0] if archs else {"mt5": "MT5ForConditionalGeneration", "t5": "T5ForConditionalGeneration",
-                                   "llama": "LlamaForCausalLM", "gemma": "GemmaForCausalLM"}.get(cfg.get("model_type"))
-    if arch not in T5_ARCHS + DECODER_ARCHS:
-        raise CheckpointError(f"{cfg_path}: unsupported architecture {arch or cfg.get('model_type')!r}; "
-                              f"supported: {', '.join(T5_ARCHS + DECODER_ARCHS)}")
-    return arch
+def hf_source(path: str) -> TensorSource:
+    """The weights of a Hugging Face directory, in the first format present (safetensors first)."""
+    for fmt, source in ((hf_safetensors, hf_safetensors.SafetensorsSource), (torch_bin, torch_bin.TorchBinSource),
+                        (flax_msgpack, flax_msgpack.FlaxMsgpackSource)):
+        if fmt.found(path):
+            return source(path)
+    raise CheckpointError(f"{path}: no weights found (model.safetensors[.index.json], pytorch_model.bin[.index.json] "
+                          "or flax_model.msgpack; TensorFlow tf_model.h5 is not read)")
 
 
-def _need(cfg: dict, key: str, cfg_path: str):
-    if key not in cfg:
-        raise CheckpointError(f"{cfg_path}: config.json lacks required field {key!r}")
-    return cfg[key]
+def _equal(source: TensorSource, a: str, b: str) -> bool:
+    """Whether two tensors hold the same values, compared in blocks of rows (an embedding table can be
+    gigabytes; distinct tables differ in the first block)."""
+    x, y = source.get(a), source.get(b)
+    if x.shape != y.shape:
+        return False
+    if not x.shape:
+        return bool(np.array_equal(x[...], y[...]))
+    n, step = x.shape[0], max(1, 2**24 // max(1, int(np.prod(x.shape[1:]))))
+    return all(np.array_equal(x[i:min(i + step, n)], y[i:min(i + step, n)]) for i in range(0, n, step))
 
 
-def t5_config(cfg: dict, cfg_path: str, dtype: str) -> T5Config:
-    proj = cfg.get("feed_forward_proj", "relu")
-    if proj not in ("gated-gelu", "gated-silu"):
-        raise CheckpointError(f"{cfg_path}: feed_forward_proj={proj!r} is not supported (T5 v1.1 / mT5 use gated-gelu)")
-    n = lambda k: _need(cfg, k, cfg_path)
-    return T5Config(
-        vocab_size=n("vocab_size"), d_model=n("d_model"), d_kv=n("d_kv"), d_ff=n("d_ff"), num_heads=n("num_heads"),
-        num_layers=n("num_layers"), num_decoder_layers=cfg.get("num_decoder_layers") or n("num_layers"),
-        relative_attention_num_buckets=cfg.get("relative_attention_num_buckets", 32),
-        relative_attention_max_distance=cfg.get("relative_attention_max_distance", 128),
-        dropout_rate=cfg.get("dropout_rate", 0.1), layer_norm_epsilon=cfg.get("layer_norm_epsilon", 1e-6),
-        activation="gelu" if proj == "gated-gelu" else "silu",
-        tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)), dtype=dtype,
-        pad_id=cfg.get("pad_token_id", 0) or 0, eos_id=cfg.get("eos_token_id", 1) or 1,
-        decoder_start_id=cfg.get("decoder_start_token_id", 0) or 0)
+def resolve_head(model_type: str, config, source: TensorSource, cfg_path: str):
+    """The config with the output head the file holds, as transformers 5 reads it: an `lm_head.weight`
+    that differs from the embedding is used even if config.json ties them (transformers warns "will NOT
+    tie"); a tied head needs no tensor."""
+    emb = "shared.weight" if model_type in hf_config.T5_TYPES else "model.embed_tokens.weight"
+    tie = config.tie_word_embeddings
+    distinct = "lm_head.weight" in source and emb in source and not _equal(source, "lm_head.weight", emb)
+    if distinct and tie:
+        if model_type == "t5":  # T5 would rescale the decoder output before an untied head: not implemented
+            raise CheckpointError(f"{cfg_path}: tie_word_embeddings=true with a distinct lm_head.weight in the file "
+                                  "(a rescaled untied T5 head) is not supported")
+        return dataclasses.replace(config, tie_word_embeddings=False)
+    if tie and model_type == "mt5":
+        raise CheckpointError(f"{cfg_path}: tie_word_embeddings=true and no distinct lm_head.weight: transformers 4 "
+                              "and 5 compute such an mT5 differently (5 drops the d_model**-0.5 rescaling); "
+                              "refusing to guess")
+    return config
 
 
-def decoder_config(cfg: dict, arch: str, cfg_path: str, dtype: str) -> DecoderConfig:
-    n = lambda k: _need(cfg, k, cfg_path)
-    if cfg.get("attention_bias") or cfg.get("mlp_bias"):
-        raise CheckpointError(f"{cfg_path}: attention/MLP biases are not supported")
-    rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
-    if rope.get("rope_type", "default") not in ("default", None):
-        raise CheckpointError(f"{cfg_path}: rope type {rope.get('rope_type')!r} is not supported (only default RoPE)")
-    gemma = arch == "GemmaForCausalLM"
-    act = cfg.get("hidden_activation") or cfg.get("hidden_act", "silu")
-    eos = cfg.get("eos_token_id", 1)
-    return DecoderConfig(
-        vocab_size=n("vocab_size"), d_model=n("hidden_size"), num_heads=n("num_attention_heads"),
-        head_dim=cfg.get("head_dim") or n("hidden_size") // n("num_attention_heads"),
-        d_ff=n("intermediate_size"), num_layers=n("num_hidden_layers"),
-        num_kv_heads=cfg.get("num_key_value_heads") or n("num_attention_heads"), block="sequential",
-        activation="silu" if act == "silu" else "gelu", norm_eps=cfg.get("rms_norm_eps", 1e-6),
-        norm_plus_one=gemma, embed_scale=gemma, tie_word_embeddings=bool(cfg.get("tie_word_embeddings", gemma)),
-        rope_theta=float(rope.get("rope_theta", cfg.get("rope_theta", 10000.0))), dtype=dtype,
-        pad_id=cfg.get("pad_token_id") or 0, eos_id=eos[0] if isinstance(eos, list) else (eos if eos is not None else 1),
-        bos_id=cfg.get("bos_token_id"))
+def resolve_inputs(config, source: TensorSource) -> tuple[Any, set[str]]:
+    """A T5 config with the input tables the file holds: an `encoder.` / `decoder.embed_tokens.weight` that
+    differs from `shared.weight` is that stack's own table (transformers does not tie them then). When both
+    stacks and the head have their own, transformers keeps `shared.weight` without computing with it: it is
+    returned as the one tensor left unread."""
+    own = {}
+    for stack in ("encoder", "decoder"):
+        name = f"{stack}.embed_tokens.weight"
+        own[stack] = name in source and "shared.weight" in source and not _equal(source, name, "shared.weight")
+    config = dataclasses.replace(config, encoder_embedding=own["encoder"], decoder_embedding=own["decoder"])
+    unread = {"shared.weight"} if own["encoder"] and own["decoder"] and not config.tie_word_embeddings else set()
+    return config, unread
 
 
 # ---------------------------------------------------------------------- tensors
-class TensorStore:
-    """All tensors of a checkpoint directory, single-file or sharded, opened lazily."""
-
-    def __init__(self, path: str):
-        self.path = path
-        index = os.path.join(path, "model.safetensors.index.json")
-        single = os.path.join(path, "model.safetensors")
-        if os.path.isfile(index):
-            try:
-                with open(index, encoding="utf-8") as f:
-                    weight_map = json.load(f)["weight_map"]
-            except (json.JSONDecodeError, KeyError, UnicodeDecodeError) as e:
-                raise CheckpointError(f"{index}: corrupt safetensors index ({e!r})") from None
-            self._where = {name: os.path.join(path, fn) for name, fn in weight_map.items()}
-        elif os.path.isfile(single):
-            self._where = None
-            self._single = single
-        else:
-            raise CheckpointError(f"{path}: no model.safetensors or model.safetensors.index.json "
-                                  "(PyTorch .bin checkpoints: re-save with safe_serialization=True)")
-        self._files: dict[str, SafetensorsFile] = {}
-
-    def _open(self, fn: str) -> SafetensorsFile:
-        if fn not in self._files:
-            if not os.path.isfile(fn):
-                raise CheckpointError(f"{fn}: shard listed in the index is missing")
-            try:
-                self._files[fn] = SafetensorsFile(fn)
-            except SafetensorsError as e:
-                raise CheckpointError(str(e)) from None
-        return self._files[fn]
-
-    def file_of(self, name: str) -> str | None:
-        if self._where is None:
-            return self._single if name in self._open(self._single).names else None
-        return self._where.get(name)
-
-    def get(self, name: str) -> np.ndarray:
-        return self._open(self.file_of(name)).get(name)
-
-    def shape(self, name: str) -> tuple[int, ...]:
-        return self._open(self.file_of(name)).shape(name)
-
-
-def _place(arr: np.ndarray, dtype, sharding) -> jax.Array:
+def _place(arr, dtype, sharding) -> jax.Array:
     if sharding is None:
-        return jnp.asarray(arr, dtype=dtype)
-    # Each device reads only its own slice of the memory-mapped tensor.
+        return jnp.asarray(np.asarray(arr[...]), dtype=dtype)
+    # Each device reads only its own slice of the tensor.
     return jax.make_array_from_callback(arr.shape, sharding, lambda idx: np.asarray(arr[idx], dtype=dtype))
 
 
-def load_tensors(store: TensorStore, names, specs_flat: dict, dtype, shardings_flat: dict | None) -> dict:
-    """Reads every (our path, HF names, transform) from `store`, checking names and shapes."""
-    out = {}
+class Hints:
+    """Which config.json fields explain a missing, mis-shaped or unused tensor (for error messages)."""
+
+    def __init__(self, kind: str | None, cfg: dict | None):
+        self.kind, self.cfg = kind, cfg or {}
+
+    def fields(self, *names: str) -> str:
+        if not self.kind:
+            return ""
+        shown = [f"{n}={self.cfg[n]!r}" if n in self.cfg else f"{n} not set"
+                 for group in names if group for n in group.split(", ")]
+        return f" (config.json: {', '.join(dict.fromkeys(shown))})" if shown else ""
+
+    def shape(self, spec) -> str:
+        return self.fields(*(AXIS_FIELDS.get(self.kind, {}).get(a, "") for a in spec.axes if a))
+
+    def layer(self, hf_name: str, beyond_only: bool = False) -> str:
+        """The layer count (or tying) field behind a tensor name; with `beyond_only`, only for a layer
+        index the config does not have."""
+        for prefix, field in LAYER_FIELDS.get(self.kind, {}).items():
+            if hf_name.startswith(prefix):
+                index = hf_name[len(prefix):].split(".", 1)[0]
+                count = self.cfg.get(field)
+                if beyond_only and not (index.isdigit() and isinstance(count, int) and int(index) >= count):
+                    return ""
+                return self.fields(field)
+        return self.fields("tie_word_embeddings") if "lm_head" in hf_name else ""
+
+
+def load_tensors(source: TensorSource, names, specs_flat: dict, dtype, shardings_flat: dict | None,
+                 hints: Hints) -> tuple[dict, set[str]]:
+    """(our params, names used) read from `source` per the (our path, names, transform) table."""
+    out, used = {}, set()
     for ours, candidates, transform in names:
-        hf = next((n for n in candidates if store.file_of(n) is not None), None)
-        if hf is None:
-            raise CheckpointError(f"{store.path}: missing tensor {candidates[0]!r} (for parameter {ours})")
-        arr = transform(store.get(hf))
-        want = specs_flat[ours].shape
-        if tuple(arr.shape) != tuple(want):
-            raise CheckpointError(f"{store.file_of(hf)}: tensor {hf!r} has shape {tuple(store.shape(hf))}, "
-                                  f"expected {tuple(want[::-1]) if transform is TRANSPOSE else tuple(want)} for {ours}")
+        name = next((n for n in candidates if n in source), None)
+        if name is None:
+            raise CheckpointError(f"{source.path}: missing tensor {candidates[0]!r} (for parameter {ours})"
+                                  f"{hints.layer(candidates[0])}")
+        arr = transform(source.get(name))
+        spec = specs_flat[ours]
+        if tuple(arr.shape) != tuple(spec.shape):
+            want = spec.shape[::-1] if transform is TRANSPOSE else spec.shape
+            raise CheckpointError(f"{source.get(name).where}: tensor {name!r} has shape "
+                                  f"{tuple(source.get(name).shape)}, expected {tuple(want)} for {ours}"
+                                  f"{hints.shape(spec)}")
         out[ours] = _place(arr, dtype, None if shardings_flat is None else shardings_flat[ours])
-    return out
+        used.add(name)
+    return out, used
 
 
-def load_pretrained(path: str, *, param_dtype=jnp.float32, compute_dtype: str = "float32",
-                    shardings: Any = None):
-    """(model, params) from a Hugging Face checkpoint directory.
+def check_all_used(source: TensorSource, used: set[str], kind: str | None, hints: Hints) -> None:
+    """Refuses a checkpoint holding a tensor the model did not read (aliases equal to what they copy and
+    tensors transformers ignores too excepted)."""
+    left = set(source.names()) - used - IGNORED.get(kind, set())
+    for alias, target in ALIASES.get(kind, {}).items():
+        if alias in left and target in used and _equal(source, alias, target):
+            left.discard(alias)
+    if left:
+        first = min(left, key=_natural)
+        raise CheckpointError(f"{source.get(first).where if first in source else source.path}: tensor {first!r} is "
+                              f"not used by the model{hints.layer(first, beyond_only=True)}"
+                              + (f"; {len(left) - 1} more unused: {sorted(left - {first}, key=_natural)[:5]}"
+                                 if len(left) > 1 else ""))
 
-    Also reads the native checkpoints of `peft_jax.models.native`.
-    Supported: MT5ForConditionalGeneration / T5ForConditionalGeneration (v1.1,
-    gated MLP), LlamaForCausalLM, GemmaForCausalLM. `shardings`, a pytree of
-    `jax.sharding.Sharding` matching the params (or a function model -> that
-    tree), loads each tensor straight into its sharding.
-    """
-    path = os.fspath(path)
-    if native.is_native(path):  # a checkpoint this project wrote itself (e.g. the demo's base)
-        return native.load(path)
+
+def _natural(name: str):
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
+
+
+# ----------------------------------------------------------------------- models
+def described_model(model: Any, compute_dtype: str):
+    """A model from a description: a preset name, a config dataclass, or a model."""
+    if isinstance(model, str):
+        if model not in PRESETS:
+            raise CheckpointError(f"unknown model preset {model!r}; known: {sorted(PRESETS)}")
+        model = PRESETS[model]
+    config = getattr(model, "config", model)
+    try:
+        return model_for_config(dataclasses.replace(config, dtype=compute_dtype))
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"model= must be a preset name, a model config or a model, got {model!r} ({e})") \
+            from None
+
+
+def _open_t5x(path: str, model: Any, compute_dtype: str):
+    """(model, source, name table, kind, hints, unread) of a t5x checkpoint: our names, the given model."""
+    if model is None:
+        raise CheckpointError(f"{path}: a t5x checkpoint holds no model description: pass model= (a preset name, "
+                              "a T5Config or a model)")
+    model = described_model(model, compute_dtype)
+    names = [(p, (p,), IDENTITY) for p in flatten(model.param_specs())]
+    return model, t5x.T5xSource(path), names, None, Hints(None, None), set()
+
+
+def _open_hf(path: str, compute_dtype: str):
+    """(model, source, name table, kind, hints, unread) of a Hugging Face directory."""
     cfg = read_config(path)
     cfg_path = os.path.join(path, "config.json")
-    arch = _architecture(cfg, cfg_path)
-    if arch in T5_ARCHS:
-        model = T5Model(t5_config(cfg, cfg_path, compute_dtype))
+    model_type, config = hf_config.model_config(cfg, cfg_path, compute_dtype)
+    source = hf_source(path)
+    kind = "t5" if model_type in hf_config.T5_TYPES else "decoder"
+    config, unread = resolve_head(model_type, config, source, cfg_path), set()
+    if kind == "t5":
+        config, unread = resolve_inputs(config, source)
+    model = model_for_config(config)
+    return model, source, list(model.hf_param_names()), kind, Hints(kind, cfg), unread
+
+
+def load_pretrained(path: str, *, model: Any = None, param_dtype=jnp.float32, compute_dtype: str = "float32",
+                    shardings: Any = None):
+    """(model, params) from a checkpoint directory or Hugging Face Hub id.
+
+    Reads Hugging Face MT5/T5 v1.1, Llama (incl. Llama 3 rope scaling), Gemma and Gemma 2 checkpoints as
+    safetensors, pytorch_model.bin (needs torch) or flax_model.msgpack; t5x checkpoints (legacy or
+    Orbax) given `model=` (a preset name, a `T5Config`, or a model: t5x stores no description); and the
+    native checkpoints of `peft_jax.models.native`. `shardings`, a pytree of `jax.sharding.Sharding`
+    matching the params (or a function model -> that tree), loads each tensor straight into its sharding.
+    """
+    path = hub.resolve(os.fspath(path))
+    if native.is_native(path):  # a checkpoint this project wrote itself (e.g. the demo's base)
+        return native.load(path)
+    if not os.path.isdir(path):
+        raise CheckpointError(f"{path}: checkpoint directory does not exist")
+    if t5x.step_dir(path) is not None and not os.path.isfile(os.path.join(path, "config.json")):
+        model, source, names, kind, hints, unread = _open_t5x(path, model, compute_dtype)
     else:
-        model = DecoderModel(decoder_config(cfg, arch, cfg_path, compute_dtype))
+        if model is not None:
+            raise CheckpointError(f"{path}: a Hugging Face checkpoint describes its model in config.json; model= is "
+                                  "for t5x checkpoints only")
+        model, source, names, kind, hints, unread = _open_hf(path, compute_dtype)
     if callable(shardings):
         shardings = shardings(model)
     specs_flat = flatten(model.param_specs())
-    flat = load_tensors(TensorStore(path), model.hf_param_names(), specs_flat, param_dtype,
-                        None if shardings is None else flatten(shardings))
+    flat, used = load_tensors(source, names, specs_flat, param_dtype,
+                              None if shardings is None else flatten(shardings), hints)
+    check_all_used(source, used | unread, kind, hints)
     missing = sorted(set(specs_flat) - set(flat))
     if missing:  # a mapping bug, never a user error: every parameter must come from the file
         raise CheckpointError(f"{path}: parameters not filled from the checkpoint: {missing}")

@@ -19,7 +19,12 @@ Names = Iterator[tuple[str, tuple[str, ...], Transform]]
 
 def t5_names(c) -> Names:
     """(our path, HF names to try in order, transform) for every parameter of a T5 model (`T5Config`)."""
-    yield "token_embedder/embedding", ("shared.weight", "encoder.embed_tokens.weight"), IDENTITY
+    own = {"encoder": getattr(c, "encoder_embedding", False), "decoder": getattr(c, "decoder_embedding", False)}
+    if not (own["encoder"] and own["decoder"] and not c.tie_word_embeddings):
+        yield "token_embedder/embedding", ("shared.weight", "encoder.embed_tokens.weight"), IDENTITY
+    for stack in ("encoder", "decoder"):
+        if own[stack]:
+            yield f"{stack}/token_embedder/embedding", (f"{stack}.embed_tokens.weight",), IDENTITY
     att = {"query": "q", "key": "k", "value": "v", "out": "o"}
     mlp = {"wi_0": "wi_0", "wi_1": "wi_1", "wo": "wo"}
     for stack, n_layers in (("encoder", c.num_layers), ("decoder", c.num_decoder_layers)):
@@ -49,10 +54,15 @@ def decoder_names(c) -> Names:
     yield "token_embedder/embedding", ("model.embed_tokens.weight",), IDENTITY
     att = {"query": "q_proj", "key": "k_proj", "value": "v_proj", "out": "o_proj"}
     mlp = {"wi_0": "gate_proj", "wi_1": "up_proj", "wo": "down_proj"}
+    # Gemma 2 norms both sides of each sub-layer; Llama's "post_attention_layernorm" is the pre-MLP norm.
+    norms = ({"pre_attention_norm": "input_layernorm", "post_attention_norm": "post_attention_layernorm",
+              "pre_mlp_norm": "pre_feedforward_layernorm", "post_mlp_norm": "post_feedforward_layernorm"}
+             if getattr(c, "post_norms", False) else
+             {"pre_attention_norm": "input_layernorm", "pre_mlp_norm": "post_attention_layernorm"})
     for i in range(c.num_layers):
         hf, ours = f"model.layers.{i}", f"layers_{i}"
-        yield f"{ours}/pre_attention_norm/scale", (f"{hf}.input_layernorm.weight",), IDENTITY
-        yield f"{ours}/pre_mlp_norm/scale", (f"{hf}.post_attention_layernorm.weight",), IDENTITY
+        for k, v in norms.items():
+            yield f"{ours}/{k}/scale", (f"{hf}.{v}.weight",), IDENTITY
         for k, v in att.items():
             yield f"{ours}/attention/{k}/kernel", (f"{hf}.self_attn.{v}.weight",), TRANSPOSE
         for k, v in mlp.items():

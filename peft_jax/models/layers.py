@@ -43,7 +43,7 @@ def split_heads(x_BxTxHK, num_heads: int):
     return x_BxTxHK.reshape(b, t, num_heads, hk // num_heads)
 
 
-def attend(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, bias_BxHxTxS, mask_BxTxS, scale: float):
+def attend(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, bias_BxHxTxS, mask_BxTxS, scale: float, cap: float | None = None):
     """Dot-product attention with grouped KV heads (G divides H), softmax in float32.
 
     `bias` ([1 or B, H, T, S]) and `mask` ([B, T, S], True = attend) may be None. Under
@@ -52,13 +52,17 @@ def attend(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, bias_BxHxTxS, mask_BxTxS, scale: flo
     broadcast normaliser and a transposed copy of the probabilities: three more [B, H, T, S] buffers
     per layer. (`jax.checkpoint` of the scores does not help on CPU: XLA schedules the recomputation
     early, so the recomputed buffers are alive at the same time as before.)
+    `cap` soft-caps the scaled scores before bias and mask (Gemma 2); that path is differentiated by
+    JAX as written, since the saved probabilities alone do not give the derivative of the tanh.
     """
+    if cap is not None:
+        return _attend_fwd(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, bias_BxHxTxS, mask_BxTxS, scale, cap)[0]
     return _attend(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, bias_BxHxTxS, mask_BxTxS, scale)
 
 
-def _probs(q_BxTxGxRxK, k_BxSxGxK, bias_BxHxTxS, mask_BxTxS, scale):
+def _probs(q_BxTxGxRxK, k_BxSxGxK, bias_BxHxTxS, mask_BxTxS, scale, cap=None):
     b, t, g, r, _ = q_BxTxGxRxK.shape
-    logits = jnp.einsum("btgrk,bsgk->bgrts", q_BxTxGxRxK, k_BxSxGxK).astype(jnp.float32) * scale
+    logits = softcap(jnp.einsum("btgrk,bsgk->bgrts", q_BxTxGxRxK, k_BxSxGxK).astype(jnp.float32) * scale, cap)
     logits = logits.reshape(b, g * r, t, -1)
     if bias_BxHxTxS is not None:
         logits = logits + bias_BxHxTxS.astype(jnp.float32)
@@ -72,8 +76,8 @@ def _grouped(q_BxTxHxK, g: int):
     return q_BxTxHxK.reshape(b, t, g, h // g, kd)
 
 
-def _attend_fwd(q, k, v, bias, mask, scale):
-    probs = _probs(_grouped(q, k.shape[2]), k, bias, mask, scale)
+def _attend_fwd(q, k, v, bias, mask, scale, cap=None):
+    probs = _probs(_grouped(q, k.shape[2]), k, bias, mask, scale, cap)
     out = jnp.einsum("bgrts,bsgk->btgrk", probs.astype(v.dtype), v)
     b, t, h, kd = q.shape
     return out.reshape(b, t, h * kd), (q, k, v, bias, probs)
@@ -134,11 +138,39 @@ def relative_bias(scope: Scope, q_pos_T, k_pos_S, bidirectional, num_buckets, ma
     return jnp.transpose(table_NxH[buckets_TxS], (2, 0, 1))[None]
 
 
-def rope(x_BxTxHxK, positions_BxT, theta: float):
-    """Rotary embedding, half-split convention (first half pairs with second half)."""
-    k = x_BxTxHxK.shape[-1]
-    freq = 1.0 / (theta ** (jnp.arange(0, k, 2, dtype=jnp.float32) / k))
-    angles_BxTxK2 = positions_BxT[..., None].astype(jnp.float32) * freq
+ROPE_SCALINGS = ("default", "linear", "llama3")
+
+
+def rope_frequencies(head_dim: int, theta: float, scaling: str = "default", factor: float = 1.0,
+                     low_freq_factor: float = 1.0, high_freq_factor: float = 4.0,
+                     original_max_positions: int = 8192) -> jax.Array:
+    """Inverse rotary frequencies [head_dim / 2] in float32, with Hugging Face's rope scalings.
+
+    `linear` divides every frequency by `factor` (positions interpolated); `llama3` divides the low
+    frequencies (wavelength above `original_max_positions / low_freq_factor`) by `factor`, keeps the
+    high ones and interpolates smoothly between (Llama 3.1).
+    """
+    inv = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    if scaling == "default":
+        return inv
+    if scaling == "linear":
+        return inv / factor
+    if scaling != "llama3":
+        raise ValueError(f"rope scaling {scaling!r} is not implemented; known: {', '.join(ROPE_SCALINGS)}")
+    low_wavelen = original_max_positions / low_freq_factor
+    high_wavelen = original_max_positions / high_freq_factor
+    wavelen = 2 * math.pi / inv
+    scaled = jnp.where(wavelen > low_wavelen, inv / factor, inv)
+    smooth = (original_max_positions / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+    return jnp.where(medium, smoothed, scaled)
+
+
+def rope(x_BxTxHxK, positions_BxT, inv_freq_K2):
+    """Rotary embedding, half-split convention (first half pairs with second half); `inv_freq_K2` from
+    `rope_frequencies`."""
+    angles_BxTxK2 = positions_BxT[..., None].astype(jnp.float32) * inv_freq_K2
     sin = jnp.sin(angles_BxTxK2)[:, :, None, :]
     cos = jnp.cos(angles_BxTxK2)[:, :, None, :]
     x1, x2 = jnp.split(x_BxTxHxK.astype(jnp.float32), 2, axis=-1)
@@ -146,9 +178,24 @@ def rope(x_BxTxHxK, positions_BxT, theta: float):
     return out.astype(x_BxTxHxK.dtype)
 
 
+# Activations of the gated MLP, by the names configs use: `gelu` is the tanh approximation (T5's
+# gelu_new, Gemma's gelu_pytorch_tanh), `gelu_exact` the erf form, `silu` SwiGLU's.
+ACTIVATIONS = {
+    "gelu": lambda h: jax.nn.gelu(h, approximate=True),
+    "gelu_exact": lambda h: jax.nn.gelu(h, approximate=False),
+    "silu": jax.nn.silu,
+    "relu": jax.nn.relu,
+}
+
+
+def softcap(x, cap: float | None):
+    """cap * tanh(x / cap) (Gemma 2's soft-capping of attention and output logits); identity for None."""
+    return x if cap is None else jnp.tanh(x / cap) * cap
+
+
 def gated_mlp(x_BxTxD, scope: Scope, activation: str, dropout: float):
     """act(x W0) * (x W1) then Wo; (IA)^3 on the hidden reaches Wo's input."""
-    act = {"gelu": lambda h: jax.nn.gelu(h, approximate=True), "silu": jax.nn.silu}[activation]
+    act = ACTIVATIONS[activation]
     h0 = scope.child("wi_0").linear(x_BxTxD)
     h1 = scope.child("wi_1").linear(x_BxTxD)
     h = scope.dropout(act(h0) * h1, dropout, "hidden")

@@ -18,7 +18,7 @@ import numpy as np
 from peft_jax.data import preprocess
 from peft_jax.models import hf_names
 from peft_jax.models import layers as L
-from peft_jax.models.base import DECODER_KEYS, DecodeStart, Model, right_padded, token_array
+from peft_jax.models.base import DECODER_KEYS, DecodeStart, Model, check_token_ids, right_padded, token_array
 from peft_jax.models.spec import ParamSpec
 from peft_jax.peft.scope import Scope
 
@@ -40,6 +40,10 @@ class T5Config:
     layer_norm_epsilon: float = 1e-6
     activation: str = "gelu"
     tie_word_embeddings: bool = False
+    # A stack with its own input table (`<stack>/token_embedder/embedding`) instead of the shared one, as
+    # checkpoints with untied encoder / decoder embeddings hold them.
+    encoder_embedding: bool = False
+    decoder_embedding: bool = False
     dtype: str = "float32"
     pad_id: int = 0
     eos_id: int = 1
@@ -104,16 +108,22 @@ class T5Model(Model):
         if not c.tie_word_embeddings:
             dec["logits_dense"] = {"kernel": ParamSpec((c.d_model, c.vocab_size), ("embed", "vocab"),
                                                        stddev=c.d_model**-0.5)}
-        return {"token_embedder": {"embedding": ParamSpec((c.vocab_size, c.d_model), ("vocab", "embed"))},
-                "encoder": enc, "decoder": dec}
+        table = lambda: {"embedding": ParamSpec((c.vocab_size, c.d_model), ("vocab", "embed"))}
+        for stack, own in ((enc, c.encoder_embedding), (dec, c.decoder_embedding)):
+            if own:
+                stack["token_embedder"] = table()
+        shared = not (c.encoder_embedding and c.decoder_embedding and not c.tie_word_embeddings)
+        # The shared table, while something reads it.
+        return {**({"token_embedder": table()} if shared else {}), "encoder": enc, "decoder": dec}
 
     def _scope(self, params, peft, dropout_rng=None) -> Scope:
         return Scope.root(params, peft, self.dtype, dropout_rng)
 
     # ------------------------------------------------------------------- helpers
-    @staticmethod
-    def _embed(s: Scope, tokens_BxT):
-        return s.child("token_embedder").param("embedding")[tokens_BxT]
+    def _embed(self, s: Scope, tokens_BxT, stack: str):
+        """Token embeddings for `stack`: its own table if it has one, else the shared one."""
+        own = self.config.encoder_embedding if stack == "encoder" else self.config.decoder_embedding
+        return (s.child(stack) if own else s).child("token_embedder").param("embedding")[tokens_BxT]
 
     def _key_value(self, s: Scope, kv_BxSxD):
         """Keys and values [B, S, H, K] of an attention scope."""
@@ -157,7 +167,7 @@ class T5Model(Model):
 
     def _encode(self, s: Scope, tokens_BxS):
         c = self.config
-        x = self._embed(s, tokens_BxS)
+        x = self._embed(s, tokens_BxS, "encoder")
         mask_BxS = tokens_BxS != c.pad_id
         prompt = s.prompts(tokens_BxS.shape[0])
         if prompt is not None:  # soft prompt prepended to the encoder input, always attended
@@ -188,7 +198,7 @@ class T5Model(Model):
         c = self.config
         dec = s.child("decoder")
         b, t = tokens_BxT.shape
-        x = dec.dropout(self._embed(s, tokens_BxT), c.dropout_rate, "embed")
+        x = dec.dropout(self._embed(s, tokens_BxT, "decoder"), c.dropout_rate, "embed")
         index = 0 if cache is None else cache["index"][0]
         q_pos = index + jnp.arange(t)
         k_pos = q_pos if cache is None else jnp.arange(cache["layers_0"]["self"]["k"].shape[1])
@@ -224,6 +234,7 @@ class T5Model(Model):
     # ----------------------------------------------------------------- public API
     def logits(self, params, batch: dict, peft=None, *, dropout_rng=None) -> jax.Array:
         """Teacher-forced float32 logits [B, T, V] for a t5x-style batch."""
+        check_token_ids(batch, self.LOGITS_KEYS, self.config.vocab_size)
         s = self._scope(params, peft, dropout_rng)
         encoded, mask = self._encode(s, batch["encoder_input_tokens"])
         return self._decode(s, batch["decoder_input_tokens"], encoded, mask)[0]
@@ -290,8 +301,12 @@ class T5Model(Model):
     # ------------------------------------------------------------ data and prompts
     @classmethod
     def pair_features(cls, input_ids, target_ids, input_len: int, target_len: int, *, eos_id: int, pad_id: int,
-                      decoder_start_id: int | None = None) -> dict[str, np.ndarray]:
-        """Encoder inputs + EOS, decoder targets + EOS shifted right behind `decoder_start_id`."""
+                      decoder_start_id: int | None = None, prefix: bool = True) -> dict[str, np.ndarray]:
+        """Encoder inputs + EOS, decoder targets + EOS shifted right behind `decoder_start_id`. The encoder
+        reads its input bidirectionally: prefix=False (causal attention over the input) is refused."""
+        if not prefix:
+            raise ValueError("an encoder-decoder model reads its input with a bidirectional encoder; causal "
+                             "attention over the input (prefix=False) applies to decoder-only models")
         return preprocess.seq2seq_features(input_ids, target_ids, input_len, target_len, eos_id=eos_id,
                                            pad_id=pad_id, decoder_start_id=decoder_start_id)
 
@@ -299,8 +314,10 @@ class T5Model(Model):
     def decoder_start_id(self) -> int:
         return self.config.decoder_start_id
 
-    def prompt_features(self, token_lists, max_input_len: int, *, pad_id: int, eos_id: int) -> dict[str, np.ndarray]:
-        """Encoder inputs for generation: each token list trimmed, EOS appended, right-padded."""
+    def prompt_features(self, token_lists, max_input_len: int, *, pad_id: int, eos_id: int,
+                        prefix: bool = True) -> dict[str, np.ndarray]:
+        """Encoder inputs for generation: each token list trimmed, EOS appended, right-padded (the encoder
+        reads them bidirectionally whatever `prefix` says)."""
         rows = [[int(t) for t in ids[: max_input_len - 1]] + [eos_id] for ids in token_lists]
         return {"encoder_input_tokens": right_padded(rows, max_input_len, pad_id)}
 

@@ -19,7 +19,7 @@ import numpy as np
 from peft_jax import tree as tu
 from peft_jax.fileio import atomic_write  # also re-exported: peft_jax.peft.io.atomic_write
 from peft_jax.models import safetensors_io as st
-from peft_jax.peft.core import check_base
+from peft_jax.peft.core import check_fit
 from peft_jax.peft.errors import PeftConfigError
 from peft_jax.peft.module import PeftModule, config_from_dict, config_to_dict
 
@@ -50,8 +50,14 @@ def save(path: str, peft: PeftModule, metadata: dict | None = None, *, overwrite
 
 
 def load(path: str, base_params: dict | None = None) -> PeftModule:
-    """Loads a module file; with `base_params`, also checks it was trained on that base."""
+    """Loads a module file; with `base_params`, also checks that it fits that base and was trained on it
+    (`peft.check_fit`: a module without a base fingerprint gets an `UnverifiedBaseWarning`)."""
     path = os.fspath(path)
+    if os.path.isdir(path) and os.path.isfile(os.path.join(path, "adapter_config.json")):
+        raise ModuleFileError(f"{path}: is a Hugging Face peft adapter directory, not a peft_jax module file; "
+                              "read it with peft.import_hf(path, model)")
+    if os.path.isdir(path):
+        raise ModuleFileError(f"{path}: is a directory; a module file is one .peft file written by peft.save")
     if not os.path.isfile(path):
         raise ModuleFileError(f"{path}: module file does not exist")
     try:
@@ -74,5 +80,5 @@ def load(path: str, base_params: dict | None = None) -> PeftModule:
     module = PeftModule(params=tu.unflatten({k: jax.numpy.asarray(v) for k, v in tensors.items()}), config=config,
                         batched=json.loads(meta.get("batched", "false")), metadata_json=meta.get("metadata", "{}"))
     if base_params is not None:
-        check_base(base_params, module)
+        check_fit(base_params, module)
     return module

@@ -47,8 +47,13 @@ def config_from_dict(d: dict[str, Any]):
     unknown = sorted(set(d) - names)
     if unknown:
         raise PeftConfigError(f"{family}: unknown config fields {unknown}; known: {sorted(names)}")
-    # Configs are static pytree data and must stay hashable: JSON lists come back as tuples.
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+    # Configs are static pytree data and must stay hashable: JSON lists come back as tuples, at every depth
+    # (LoRA's in_axes is a tuple of (regex, axes) pairs).
+    return cls(**{k: _tuples(v) for k, v in d.items()})
+
+
+def _tuples(v):
+    return tuple(_tuples(x) for x in v) if isinstance(v, (list, tuple)) else v
 
 
 @struct.dataclass

@@ -21,7 +21,7 @@ from typing import Any
 
 import jax
 
-from peft_jax.peft import apply
+from peft_jax.peft import apply, core
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -35,8 +35,14 @@ class Scope:
 
     @classmethod
     def root(cls, params: dict, peft, dtype, dropout_rng: jax.Array | None = None) -> Scope:
-        """The scope of a whole model call: `peft` is None, a module or modules applied together."""
-        return cls(params, apply.as_views(peft), "", apply.Ctx(dtype=dtype, rng=dropout_rng))
+        """The scope of a whole model call: `peft` is None, a module or modules applied together.
+
+        Every model call starts here, so this is where a module meets its base: `core.check_fit` refuses a
+        module with a site the base lacks or of another shape (shapes only: it runs once per trace)."""
+        views = apply.as_views(peft)
+        if views:
+            core.check_fit(params, peft, fingerprints=False)
+        return cls(params, views, "", apply.Ctx(dtype=dtype, rng=dropout_rng))
 
     def child(self, key: str, name: str | None = None) -> Scope:
         """The scope of `params[key]`, named `<this name>/<name or key>`."""

@@ -5,7 +5,8 @@
   base        a tiny base pre-trained with span corruption (real runs: a released checkpoint)
   lang/<ℓ>    a language module per language on unlabeled text (span corruption / LM)
   task/<ℓ>    a task module per labeled language on summarization
-  select/<t>  λ grids on the target's validation split, all λ decoded in one batch of per-example modules
+  select/...  λ grids decoded in one pass of per-example module rows, under the config's λ protocol
+              (`lambdas`: fixed, source_validation on labeled pseudo-targets, or the target_oracle)
   evaluate/<t> every recipe decoded on the target's test split and scored (ROUGE, CI, wrong language)
   report      results.md / results.csv / plots, printed
 
@@ -23,12 +24,14 @@ import json
 import os
 
 import jax
-import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
-from peft_jax import compose, data, evaluation, languages, peft
-from peft_jax.fileio import atomic_write
-from peft_jax.models import get_model, load_pretrained, native
+from peft_jax import compose, data, evaluation, languages, metrics, peft
+from peft_jax.fileio import atomic_write, require_local
+from peft_jax.models import PRESETS, get_model, load_pretrained, native
+from peft_jax.models.base import tokenizer_ids
+from peft_jax.pipeline import init_regime, lambdas, multi_seed
 from peft_jax.pipeline.pretrain import pretrain
 from peft_jax.pipeline.runner import Stages, workdir_lock
 from peft_jax.train.loop import train
@@ -45,8 +48,15 @@ def _world(config):
 def prepare_data(config, workdir: str) -> dict:
     """Writes the synthetic world (XL-Sum layout + unlabeled text) or checks the given paths."""
     if config.data.kind != "synthetic":
-        return {"xlsum_dir": config.data.xlsum_dir, "text_paths": config.data.text_paths,
-                "text_overrides": dict(config.data.text_overrides)}
+        paths = {"xlsum_dir": config.data.xlsum_dir, "text_paths": config.data.text_paths,
+                 "text_overrides": dict(config.data.text_overrides)}
+        for lang in _languages(config):  # a missing text file fails now, not after hours of training
+            if languages.has_unlabeled_text(lang) or lang in paths["text_overrides"]:
+                try:
+                    data.sources.expand_paths(text_path(paths, lang))
+                except data.MissingDataError as err:
+                    raise data.MissingDataError(f"unlabeled text of {lang} (data.text_paths): {err}") from None
+        return paths
     world = _world(config)
     root = os.path.join(workdir, "data")
     w = config.world
@@ -57,15 +67,29 @@ def prepare_data(config, workdir: str) -> dict:
 
 
 def text_path(paths: dict, lang: str) -> str:
-    """The unlabeled-text path of `lang`: '{language}', '{iso1}', '{iso3}' in the pattern are filled in."""
+    """The unlabeled-text path of `lang`: '{language}', '{iso1}', '{iso3}' and '{mc4}' in the pattern are filled in.
+
+    '{mc4}' is the language's code in mC4's file names (resources/unlabeled_text.tsv: `zh` for both Chinese
+    standards, `sr` for both Serbian scripts; the language stage keeps each to its own script).
+    """
     if lang in paths.get("text_overrides", {}):
         return paths["text_overrides"][lang]
     l = languages.resolve(lang)
-    return paths["text_paths"].format(language=lang, name=l.name, iso1=l.iso1 or l.iso3, iso3=l.iso3)
+    pattern = paths["text_paths"]
+    mc4 = data.sources.mc4_code(l) if "{mc4}" in pattern else None  # refuses a language mC4 does not have
+    return pattern.format(language=lang, name=l.name, iso1=l.iso1 or l.iso3, iso3=l.iso3, mc4=mc4)
 
 
 def _languages(config) -> list[str]:
-    return list(dict.fromkeys([config.source_language, *config.target_languages]))
+    """The languages that get a language module: source, targets and λ's pseudo-targets that have text.
+
+    A language without unlabeled text (resources/unlabeled_text.tsv, unless `data.text_overrides` gives
+    some) gets no module; the recipes that need one are skipped for it with a note in the table.
+    """
+    extra = lambdas.pseudo_targets(config) if (config.lambda_protocol == "source_validation"
+                                                and lambdas.recipes_with_lambda(config)) else []
+    wanted = dict.fromkeys([config.source_language, *config.target_languages, *extra])
+    return [lang for lang in wanted if lambdas.has_text(config, lang)]
 
 
 def prepare_tokenizer(config, workdir: str, paths: dict) -> str:
@@ -73,9 +97,8 @@ def prepare_tokenizer(config, workdir: str, paths: dict) -> str:
     if config.tokenizer.path:
         return config.tokenizer.path
     texts = []
-    for lang in _languages(config) + list(config.labeled_languages):
-        with open(text_path(paths, lang), encoding="utf-8") as f:
-            texts.extend(line.strip() for line in f)
+    for lang in dict.fromkeys(_languages(config) + list(config.labeled_languages)):
+        texts.extend(line.strip() for line in data.sources.text_lines([text_path(paths, lang)]))
     prefix = os.path.join(workdir, "tokenizer")
     return str(data.train_sentencepiece(texts, prefix, config.tokenizer.vocab_size,
                                         num_sentinels=config.tokenizer.num_sentinels))
@@ -87,13 +110,15 @@ def prepare_base(config, workdir: str, paths: dict, tok_path: str, log) -> str:
         return config.base.checkpoint
     tok = data.load_tokenizer(tok_path, extra_ids=config.tokenizer.extra_ids)
     p = config.base.pretrain
-    model = get_model(p.preset, vocab_size=tok.vocab_size, **dict(p.overrides))
+    # The tokenizer's pad / EOS / BOS: sequences start with its BOS and generation stops at its EOS.
+    ids = tokenizer_ids(PRESETS[p.preset], tok) if p.preset in PRESETS else {}
+    model = get_model(p.preset, vocab_size=tok.vocab_size, **{**ids, **dict(p.overrides)})
     params, curve = model.init(jax.random.PRNGKey(config.seed)), []
     if p.steps > 0:  # steps=0: a random base (the runlocal paths of the real configs)
         docs = []
         for lang in sorted(set(_languages(config)) | set(config.labeled_languages)):
-            with open(text_path(paths, lang), encoding="utf-8") as f:
-                docs.extend(np.asarray(tok.encode(line.strip()), np.int32) for line in f if line.strip())
+            docs.extend(np.asarray(tok.encode(line.strip()), np.int32)
+                        for line in data.sources.text_lines([text_path(paths, lang)]) if line.strip())
         sentinels = tok.sentinel_ids(config.tokenizer.num_sentinels)
         fn = data.with_rng(functools.partial(data.span_corruption_features, sentinel_ids=sentinels,
                                              eos_id=tok.eos_id, pad_id=tok.pad_id, max_input_len=p.input_length))
@@ -114,10 +139,18 @@ def train_module(config, workdir: str, kind: str, lang: str, paths: dict, tok_pa
     cfg.data.tokenizer = tok_path
     cfg.data.extra_ids = config.tokenizer.extra_ids
     cfg.data.language = lang
-    cfg.data.paths = text_path(paths, lang) if kind == "lang" else paths["xlsum_dir"]
-    cfg.seed = config.seed
+    cfg.data.paths = paths["xlsum_dir"]
+    cfg.seed = init_regime.module_seed(config.seed, kind, lang, config.shared_init)
+    cfg.metadata = ml_collections.ConfigDict({"shared_init": bool(config.shared_init), "run_seed": int(config.seed)})
     cfg.distributed = config.distributed  # the one multi-host switch reaches every training stage
     run_dir = os.path.join(workdir, "train", f"{kind}_{lang}")
+    if kind == "lang" and config.data.kind == "synthetic":
+        cfg.data.paths = text_path(paths, lang)
+    elif kind == "lang":  # real text: in the language's script, without XL-Sum's evaluation data, counted
+        data.language_text.require_unlabeled_text(lang, given=lang in paths.get("text_overrides", {}))
+        cfg.data.paths = str(data.language_text.prepare_language_text(
+            lang, text_path(paths, lang), run_dir, xlsum_dir=paths["xlsum_dir"],
+            max_kept=cfg.num_steps * cfg.batch_size + cfg.data.eval_examples))  # enough for the whole run
     train(cfg, run_dir)
     return os.path.join(run_dir, "final_module")
 
@@ -167,39 +200,38 @@ def recipe_modules(ctx: Context, recipe: str, target: str, lam: float | None):
         return compose.stack(lang_t, task)
     if recipe == "multi_source":
         tasks = {k.split("/", 1)[1]: v for k, v in m.items() if k.startswith("task/")}
-        return compose.multi_source(tasks, target, by=c.multi_source_by, lang_module=lang_t,
-                                    lang_weight=c.multi_source_lang_weight, strategy=s)
+        weights = None if c.multi_source_weights == "uniform" else c.multi_source_weights
+        return compose.multi_source(tasks, target, by=c.multi_source_by, k=c.multi_source_k or None,
+                                    weights=weights, lang_module=lang_t, lang_weight=c.multi_source_lang_weight,
+                                    strategy=s)
     raise ValueError(f"unknown recipe {recipe!r}; known: {RECIPES}")
 
 
-def _grid(ctx: Context, recipe: str, target: str, lams) -> peft.PeftModule:
-    """All λ of a recipe as one batched module (one vmapped composition)."""
-    c, m = ctx.config, ctx.modules
-    task, lang_t, lang_s = m[f"task/{c.source_language}"], m[f"lang/{target}"], m[f"lang/{c.source_language}"]
-    if recipe == "weighted":
-        return compose.combine_grid([task, lang_t], [[l, 1.0 - l] for l in lams], c.strategy)
-    return compose.combine_grid([task, lang_t, lang_s], [[1.0, l, -l] for l in lams], c.strategy)
+# The language modules each recipe composes: the target's, and for analogy the source's too.
+_LANG_MODULES = {"add": ("target",), "weighted": ("target",), "analogy": ("target", "source"), "stack": ("target",),
+                 "multi_source": ("target",)}
 
 
-def select_lambda(ctx: Context, target: str) -> dict:
-    """Validation ROUGE-L of every λ of each λ recipe, decoded in one pass of per-example modules."""
+def _skip_note(ctx: Context, recipe: str, target: str) -> str | None:
+    """Why `recipe` cannot run for `target` (no language module, no related labeled language), or None."""
     c = ctx.config
-    examples = ctx.examples(target, "validation", c.eval.n_validation)
-    refs = [ex["summary"] for ex in examples]
-    lams = [float(x) for x in c.lambdas]
-    out = {}
-    for recipe in [r for r in c.recipes if r in ("weighted", "analogy")]:
-        grid = _grid(ctx, recipe, target, lams)
-        n = len(examples)
-        rows = grid.replace(params=jax.tree.map(lambda x: jnp.repeat(x, n, axis=0), grid.params))
-        preds = ctx.decode(examples * len(lams), rows)  # row g*n + i: example i under λ_g
-        scores = [ctx.scoring.rouge(preds[g * n:(g + 1) * n], refs, target)["rougeL"] for g in range(len(lams))]
-        best = int(np.argmax(scores))
-        out[recipe] = {"lambdas": lams, "rougeL": scores, "best": lams[best]}
-    return out
+    for role in _LANG_MODULES.get(recipe, ()):
+        lang = target if role == "target" else c.source_language
+        if f"lang/{lang}" not in ctx.modules:
+            return f"skipped: no unlabeled text for {lang}, so no language module (resources/unlabeled_text.tsv)"
+    if recipe != "multi_source":
+        return None
+    tasks = [k.split("/", 1)[1] for k in ctx.modules if k.startswith("task/")]
+    try:
+        related = compose.related_languages(target, tasks, by=c.multi_source_by, k=c.multi_source_k or None)
+    except compose.TypologyError as e:
+        return f"skipped: {e}"
+    if not related:
+        return f"skipped: no labeled language shares the {c.multi_source_by} of {target}"
+    return None
 
 
-def evaluate_target(ctx: Context, workdir: str, target: str, sweeps: dict) -> list[dict]:
+def evaluate_target(ctx: Context, workdir: str, target: str, selection: dict | None) -> list[dict]:
     """Decodes the target's test split with every recipe; writes predictions; returns table rows."""
     c = ctx.config
     examples = ctx.examples(target, "test", c.eval.n_test)
@@ -207,43 +239,56 @@ def evaluate_target(ctx: Context, workdir: str, target: str, sweeps: dict) -> li
     os.makedirs(pred_dir, exist_ok=True)
     rows, per_example = [], {}
     for recipe in c.recipes:
-        lam = sweeps.get(recipe, {}).get("best")
+        note = _skip_note(ctx, recipe, target)
+        if note is not None:
+            rows.append({"language": target, "recipe": recipe, "note": note})
+            continue
+        lam = lambdas.chosen(c, selection, recipe)
         row, per_example[recipe] = evaluation.run_system(ctx.decoder, ctx.scoring, target, examples,
                                                          recipe_modules(ctx, recipe, target, lam),
                                                          os.path.join(pred_dir, f"{target}.{recipe}.jsonl"))
-        rows.append({"recipe": recipe, "lambda": lam, **row})
+        rows.append({"recipe": recipe, "lambda": lam, "lambda_protocol": c.lambda_protocol if lam is not None
+                     else None, **row, "per_example_rougeL": [float(x) for x in per_example[recipe]["rougeL"]]})
     base = per_example.get("task_only")
     for row in rows:
-        if base is not None and row["recipe"] != "task_only":
+        if base is not None and row["recipe"] in per_example and row["recipe"] != "task_only":
             row.update(ctx.scoring.compare(per_example[row["recipe"]], base))
     return rows
 
 
-def sweeps_by_recipe(sweeps: dict) -> dict[str, dict[str, list[tuple[float, float]]]]:
-    """{target: {recipe: sweep}} -> {recipe: {target: [(λ, validation ROUGE-L)]}}."""
-    by_recipe: dict[str, dict] = {}
-    for target, s in sweeps.items():
-        for recipe, r in s.items():
-            by_recipe.setdefault(recipe, {})[target] = list(zip(r["lambdas"], r["rougeL"]))
-    return by_recipe
-
-
-def write_report(workdir: str, rows: list[dict], sweeps: dict) -> str:
+def write_report(config, workdir: str, rows: list[dict], selections: dict, init_report: dict) -> str:
     """results.md (recipes table, then the λ sweeps), results.csv and the plots; returns the recipes table."""
     table = evaluation.markdown_table(evaluation.RECIPE_TABLE, rows)
-    by_recipe = sweeps_by_recipe(sweeps)
-    evaluation.write_markdown(os.path.join(workdir, "results.md"), "Results",
-                              "ROUGE F1 ×100 with 95% bootstrap intervals; ΔL: paired bootstrap against task_only.",
-                              table + evaluation.sweep_section(by_recipe))
+    by_recipe = lambdas.sweeps_for_report(config, selections)
+    intro = ("ROUGE F1 ×100 with 95% bootstrap intervals; ΔL: paired bootstrap against task_only (one-sided "
+             f"in the observed direction, unadjusted). Scorer: {metrics.scorer_name(config.eval.tokenization)}. "
+             + lambdas.describe(config))
+    evaluation.write_markdown(os.path.join(workdir, "results.md"), "Results", intro,
+                              table + evaluation.sweep_section(by_recipe) + init_regime.markdown(init_report))
     evaluation.write_csv(os.path.join(workdir, "results.csv"), rows, evaluation.RECIPE_CSV_COLUMNS)
-    evaluation.bar_plot(rows, os.path.join(workdir, "results_by_language.png"), series="recipe",
+    scored = [r for r in rows if "rougeL" in r]
+    evaluation.bar_plot(scored, os.path.join(workdir, "results_by_language.png"), series="recipe",
                         title="Zero-shot summarization by recipe (95% bootstrap CI)")
     if by_recipe:
         evaluation.sweep_plot(by_recipe, os.path.join(workdir, "lambda_sweep.png"), "validation ROUGE-L ×100")
     return table
 
 
+def select(config, st: Stages, ctx: Context) -> dict:
+    """The λ selections the protocol asks for: {target: selection}, {"source": selection} or {}."""
+    if not lambdas.recipes_with_lambda(config) or config.lambda_protocol == "fixed":
+        return {}
+    if config.lambda_protocol == "source_validation":
+        return {"source": st.run("select/source", lambda: lambdas.select_on_sources(ctx))}
+    return {t: st.run(f"select/{t}", lambda t=t: lambdas.select_on_target(ctx, t)) for t in config.target_languages}
+
+
 # ---------------------------------------------------------------------------------- run
+# Why a gs:// workdir is refused here (launch/train.py takes one): these stages still use local files.
+LOCAL_ONLY = ("the pipeline's data, tokenizer and base stages and its module and data readers use local "
+              "files (launch/train.py takes a gs:// workdir; see docs/remote_workdirs.md)")
+
+
 class ConfigMismatchError(ValueError):
     """A workdir's finished stages came from another config."""
 
@@ -259,18 +304,34 @@ def check_config(config, workdir: str) -> None:
     with open(path, encoding="utf-8") as f:
         saved = json.load(f)
     if saved != current:
-        a, b = flatten(saved), flatten(current)
+        empty = lambda x: x == {} or x == []  # an empty section is a difference too
+        a, b = flatten(saved, is_leaf=empty), flatten(current, is_leaf=empty)
         diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
         raise ConfigMismatchError(f"workdir {workdir} holds a run of another config (differs in {diff[:8]}); "
                                   "resume with the same config or use another --workdir")
 
 
 def run(config, workdir: str, log=print) -> list[dict]:
-    """Runs (or resumes) the whole experiment in `workdir`; returns the results rows."""
-    workdir = os.path.abspath(workdir)
-    with workdir_lock(workdir):
-        check_config(config, workdir)
-        st = Stages(workdir, log)
+    """Runs (or resumes) the whole experiment in `workdir`; returns the results rows.
+
+    With `config.seeds` (e.g. (0, 1, 2)) every module is trained and scored once per seed, each seed in
+    `workdir/seed_<s>/` on one shared base and tokenizer, and `workdir` gets the per-seed rows and the
+    summary across seeds (`multi_seed`).
+    """
+    if config.get("seeds"):
+        return multi_seed.run(config, workdir, run_one, log)
+    return run_one(config, workdir, log)
+
+
+def run_one(config, workdir: str, log=print) -> list[dict]:
+    """One seed of the experiment (`config.seed`) in `workdir`; returns the results rows."""
+    lambdas.check(config)
+    workdir = os.path.abspath(require_local(workdir, why=LOCAL_ONLY))
+    writer = jax.process_index() == 0  # process 0 holds the lock and writes; the others train with it
+    with workdir_lock(workdir, hold=writer) as lock:
+        if writer:
+            check_config(config, workdir)
+        st = Stages(workdir, log, guard=lock.check if lock else None)
         _world(config)  # registers the synthetic languages in this process
         paths = st.run("data", lambda: prepare_data(config, workdir))
         tok_path = st.run("tokenizer", lambda: prepare_tokenizer(config, workdir, paths))
@@ -280,12 +341,15 @@ def run(config, workdir: str, log=print) -> list[dict]:
             for lang in langs:
                 modules[f"{kind}/{lang}"] = st.run(
                     f"{kind}/{lang}", lambda k=kind, l=lang: train_module(config, workdir, k, l, paths, tok_path,
-                                                                           base_path))
-        ctx = Context(config, paths, tok_path, base_path, modules)
-        sweeps = {t: st.run(f"select/{t}", lambda t=t: select_lambda(ctx, t)) for t in config.target_languages}
+                                                                           base_path), collective=True)
+        ctx = Context(config, paths, tok_path, base_path, modules) if writer else None
+        seeds = {name: init_regime.module_seed(config.seed, *name.split("/"), config.shared_init) for name in modules}
+        init_report = st.run("init", lambda: init_regime.report(config, ctx.model, ctx.params, ctx.modules, seeds))
+        selections = select(config, st, ctx)
         rows = []
         for t in config.target_languages:
-            rows.extend(st.run(f"evaluate/{t}", lambda t=t: evaluate_target(ctx, workdir, t, sweeps[t])))
-        md = write_report(workdir, rows, sweeps)
-        log("\n" + md)
+            selection = selections.get("source", selections.get(t))
+            rows.extend(st.run(f"evaluate/{t}", lambda t=t, s=selection: evaluate_target(ctx, workdir, t, s)))
+        if writer:
+            log("\n" + write_report(config, workdir, rows, selections, init_report))
         return rows

@@ -18,16 +18,16 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import time
 import warnings
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
+from orbax.checkpoint._src.path import gcs_utils  # orbax asks a bucket its layout through google-cloud-storage
 
-from peft_jax.fileio import atomic_write
+from peft_jax import fileio
 
 
 class DataStateHandler(ocp.CheckpointHandler):
@@ -75,57 +75,63 @@ class CheckpointWarning(UserWarning):
     """A checkpoint was found broken and set aside."""
 
 
-def _digest(path: str) -> str:
+def _digest(path: epath.Path) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
 
 
-def _files(step_dir: str) -> list[str]:
-    out = []
-    for root, _, names in os.walk(step_dir):
-        out += [os.path.relpath(os.path.join(root, n), step_dir) for n in names if n != MANIFEST]
-    return sorted(out)
-
-
-def write_manifest(step_dir: str) -> None:
+def write_manifest(step_dir: str | epath.Path) -> None:
     """sha256 of every file of a finished checkpoint, written atomically as its last file."""
-    manifest = {f: _digest(os.path.join(step_dir, f)) for f in _files(step_dir)}
-    atomic_write(os.path.join(step_dir, MANIFEST), lambda tmp: open(tmp, "w").write(json.dumps(manifest)),
-                 overwrite=True)
+    step_dir = epath.Path(step_dir)
+    manifest = {f: _digest(step_dir / f) for f in fileio.files_under(step_dir) if f != MANIFEST}
+    fileio.write_text(step_dir / MANIFEST, json.dumps(manifest))
 
 
-def verify(step_dir: str) -> str | None:
+def verify(step_dir: str | epath.Path) -> str | None:
     """None if the checkpoint matches its manifest, else what is wrong (naming the file)."""
-    path = os.path.join(step_dir, MANIFEST)
-    if not os.path.isfile(path):
+    path = epath.Path(step_dir) / MANIFEST
+    if not path.exists():
         return f"{path} is missing (the save did not complete)"
     try:
-        with open(path, encoding="utf-8") as f:
-            manifest = json.load(f)
+        manifest = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         return f"{path} is corrupted"
     for name, digest in manifest.items():
-        file = os.path.join(step_dir, name)
-        if not os.path.isfile(file):
+        file = epath.Path(step_dir) / name
+        if not file.exists() or file.is_dir():
             return f"{file} is missing"
         if _digest(file) != digest:
             return f"{file} does not match its checksum (truncated or corrupted)"
     return None
 
 
+def _check_orbax_gcs(path: epath.Path) -> None:
+    """Orbax lists gs:// checkpoints after asking the bucket's layout through google-cloud-storage: refuse
+    now, naming the package, rather than with an ImportError from inside orbax at the first listing."""
+    try:
+        gcs_utils.is_hierarchical_namespace_enabled(path)
+    except ImportError as e:
+        raise fileio.WorkdirError(f"checkpoint directory {path}: orbax needs google-cloud-storage for gs:// "
+                                  f"checkpoints ({e}); pip install google-cloud-storage") from None
+
+
 class Checkpoints:
     """The run's checkpoint directory: `save`, `latest_step`, `restore`."""
 
-    def __init__(self, directory: str, keep: int):
+    def __init__(self, directory: str, keep: int, guard: Callable[[], None] = lambda: None):
+        """directory: local or gs://; guard: called before each save (the workdir lock's check)."""
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False)
-        self.manager = ocp.CheckpointManager(epath.Path(directory).absolute(), options=options,
-                                             item_names=("state", "data"))
+        path = fileio.workdir_path(directory, "checkpoint directory")
+        if fileio.scheme(path) == "gs":
+            _check_orbax_gcs(path)
+        self.manager = ocp.CheckpointManager(path, options=options, item_names=("state", "data"))
+        self.guard = guard
 
-    def _step_dir(self, step: int) -> str:
-        return os.fspath(self.manager.directory / str(step))
+    def _step_dir(self, step: int) -> epath.Path:
+        return self.manager.directory / str(step)
 
     def latest_step(self) -> int | None:
         """The newest checkpoint that verifies; broken newer ones are moved aside with a warning."""
@@ -133,10 +139,10 @@ class Checkpoints:
             problem = verify(self._step_dir(step)) if jax.process_index() == 0 else None
             if problem is None:
                 return step
-            aside = os.fspath(self.manager.directory / f"corrupt_{step}_{int(time.time())}")
+            aside = self.manager.directory / f"corrupt_{step}_{int(time.time())}"
             warnings.warn(f"checkpoint at step {step} is unusable: {problem}; moved to {aside}, "
                           "resuming from the previous one", CheckpointWarning, stacklevel=2)
-            os.rename(self._step_dir(step), aside)
+            self._step_dir(step).rename(aside)
             self.manager.reload()
         return None
 
@@ -144,6 +150,7 @@ class Checkpoints:
         """Saves `state` (a pytree of arrays: peft params, opt state, rng, ...) and the data position."""
         if self.manager.latest_step() == step:
             return  # already saved at this step (e.g. the final save right after a periodic one)
+        self.guard()
         self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                         data=DataStateSave(data_state)), force=True)
         self.manager.wait_until_finished()

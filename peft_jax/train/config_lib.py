@@ -10,9 +10,13 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib.util
+import json
+import math
+import numbers
 import pathlib
 from typing import Sequence
 
+import jax.numpy as jnp
 import ml_collections
 
 from peft_jax.peft import families
@@ -84,21 +88,115 @@ def _require(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+# Integer fields and their minimum (None: any integer).
+INT_FIELDS = {
+    "num_steps": 1, "batch_size": 1, "micro_batches": 1, "checkpoint_every": 1, "keep_checkpoints": 1,
+    "log_every": 1, "eval_every": 0, "eval_steps": 0, "seed": 0, "model.init_seed": 0,
+    "optimizer.warmup_steps": 0, "data.world_seed": 0, "data.num_examples": 1, "data.eval_examples": 0,
+    "data.vocab_size": 1, "data.extra_ids": 0, "data.input_length": 1, "data.target_length": 1,
+    "data.num_threads": 1,
+}
+# Real fields and their range as (low, high, low included, high included); every one must be finite.
+INF = float("inf")
+FLOAT_FIELDS = {
+    "z_loss": (0.0, INF, True, False),
+    "optimizer.learning_rate": (0.0, INF, False, False),
+    "optimizer.end_lr_ratio": (0.0, 1.0, True, True),
+    "optimizer.clip_norm": (0.0, INF, True, False),
+    "optimizer.weight_decay": (0.0, INF, True, False),
+    "optimizer.b1": (0.0, 1.0, True, False),
+    "optimizer.b2": (0.0, 1.0, True, False),
+    "optimizer.eps": (0.0, INF, False, False),
+    "optimizer.adafactor_decay_rate": (0.0, 1.0, False, True),
+    "data.noise_density": (0.0, 1.0, False, False),
+    "data.mean_noise_span_length": (0.0, INF, False, False),
+    "peft.sparse.dense_fraction": (0.0, 1.0, True, False),
+}
+
+
+def _get(config, path: str):
+    """The value at dotted `path`, or a sentinel where the config has no such field."""
+    node = config
+    for key in path.split("."):
+        if not hasattr(node, "keys") or key not in node.keys():
+            return _MISSING
+        node = node[key]
+    return node
+
+
+_MISSING = object()
+
+
+def _check_int(path: str, value, minimum: int | None) -> None:
+    _require(isinstance(value, numbers.Integral) and not isinstance(value, bool),
+             f"{path} must be an integer, got {value!r} ({type(value).__name__})")
+    _require(minimum is None or value >= minimum, f"{path} must be >= {minimum}, got {value}")
+
+
+def _check_float(path: str, value, bounds) -> None:
+    low, high, low_in, high_in = bounds
+    _require(isinstance(value, numbers.Real) and not isinstance(value, bool),
+             f"{path} must be a number, got {value!r} ({type(value).__name__})")
+    value = float(value)
+    inside = (value >= low if low_in else value > low) and (value <= high if high_in else value < high)
+    _require(math.isfinite(value) and inside,
+             f"{path} must be a finite number in {'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}, "
+             f"got {value}")
+
+
+def check_dtype(path: str, value) -> None:
+    """A compute dtype must be a floating type: integer or boolean activations make every logit constant."""
+    try:
+        dtype = jnp.dtype(value)
+    except TypeError:
+        dtype = None
+    _require(dtype is not None and jnp.issubdtype(dtype, jnp.floating),
+             f"{path}={value!r} is not a floating-point dtype; use float32, bfloat16 or float16")
+
+
 def check_values(config) -> None:
-    """Range checks of the fields the loop relies on, each naming the field."""
+    """Type and range checks of every number the loop uses, each naming the field, before anything runs."""
     _require(config.objective in losses.OBJECTIVES,
              f"objective={config.objective!r}; expected one of {losses.OBJECTIVES}")
     _require(config.peft.family in families.names(),
              f"peft.family={config.peft.family!r}; expected one of {families.names()}")
-    for name in ("num_steps", "batch_size", "micro_batches", "checkpoint_every", "keep_checkpoints", "log_every"):
-        _require(int(config[name]) >= 1, f"{name} must be >= 1, got {config[name]}")
-    _require(int(config.eval_every) >= 0 and int(config.eval_steps) >= 0,
-             f"eval_every and eval_steps must be >= 0, got {config.eval_every}, {config.eval_steps}")
+    for path, minimum in INT_FIELDS.items():
+        if (value := _get(config, path)) is not _MISSING:
+            _check_int(path, value, minimum)
+    for path, bounds in FLOAT_FIELDS.items():
+        if (value := _get(config, path)) is not _MISSING:
+            _check_float(path, value, bounds)
+    check_dtype("model.dtype", config.model.dtype)
     _require(not config.model.checkpoint or config.data.tokenizer or config.data.source == "tokens",
              "model.checkpoint needs data.tokenizer (the checkpoint's own vocabulary): a tokenizer trained "
              "here would not match the checkpoint's token ids")
-    _require(0.0 <= float(config.peft.sparse.dense_fraction) < 1.0,
-             f"peft.sparse.dense_fraction must be in [0, 1), got {config.peft.sparse.dense_fraction}")
+
+
+# Fields that may change between a run and its resumption: how it is laid out, logged and checkpointed,
+# and how far it goes (num_steps, checked on its own). Paths (base checkpoint, data, tokenizer) may move
+# with the workdir; the base itself is compared by its fingerprint.
+RESUME_FREE = ("num_steps", "micro_batches", "log_every", "eval_every", "eval_steps", "checkpoint_every",
+               "keep_checkpoints", "progress_bar", "tensorboard", "mesh", "logical_axis_rules", "distributed",
+               "peft.sharding", "data.num_threads", "model.checkpoint", "data.paths", "data.eval_paths",
+               "data.tokenizer")
+
+
+def resume_record(config) -> dict:
+    """{dotted field: value} of everything a resumed run must share with the run that wrote the checkpoint."""
+    flat = {}
+    for path in field_paths(config):
+        if not any(path == f or path.startswith(f + ".") for f in RESUME_FREE):
+            value = _get(config, path)
+            flat[path] = list(value) if isinstance(value, tuple) else value
+    return json.loads(json.dumps(flat, default=str))  # as it reads back from JSON
+
+
+def resume_differences(saved: dict, current: dict) -> list[str]:
+    """'field: checkpoint V, now W' for every field that differs (missing fields count as differing)."""
+    missing = object()
+    keys = sorted(set(saved) | set(current))
+    return [f"{k}: checkpoint {saved.get(k, missing)!r}, now {current.get(k, missing)!r}".replace(
+        repr(missing), "(absent)") for k in keys if saved.get(k, missing) != current.get(k, missing)]
 
 
 def _defaults(config_class) -> dict:

@@ -28,8 +28,10 @@ import numpy as np
 
 from peft_jax import data as data_lib
 from peft_jax.data import preprocess
+from peft_jax.decode.settings import ATTENTION_KEY, ATTENTION_MODES
 from peft_jax.fileio import atomic_write
-from peft_jax.train import losses
+from peft_jax.models import Model
+from peft_jax.train import config_lib, losses
 
 SOURCES = ("synthetic", "text", "xlsum", "tokens")
 
@@ -88,25 +90,49 @@ class ArrayIterator:
 
 
 def memorisable_features(model, objective: str, *, num_examples: int, length: int, vocab_size: int,
-                         seed: int = 0, eos_id: int = 1, pad_id: int = 0) -> dict[str, np.ndarray]:
+                         seed: int = 0, eos_id: int = 1, pad_id: int = 0, prefix: bool = True) -> dict[str, np.ndarray]:
     """A tiny learnable task: random token sequences and a fixed function of them.
 
-    `model`: a model, model class or family name. Causal LM: the sequence itself; every other
-    objective: the input and its reversal as the model's (input, target) pair features.
-    Tokens avoid the special ids (pad, eos, unk) at the bottom of the vocabulary.
+    `model`: a model, model class or family name (a model also gives its start token). Causal LM: the
+    sequence itself; every other objective: the input and its reversal as the model's (input, target)
+    pair features (`prefix`: see `Model.pair_features`). Tokens avoid the special ids (pad, eos, unk)
+    at the bottom of the vocabulary.
     """
     contract = losses.model_contract(model)
     losses.required_keys(contract, objective)
+    start = model.decoder_start_id if isinstance(model, Model) else None
     rng = np.random.default_rng(seed)
     half = max(1, length // 2 - 1)
     rows = []
     for _ in range(num_examples):
         ids = rng.integers(3, vocab_size, size=half)
         if objective == "causal_lm":
-            rows.append(preprocess.lm_features(ids, length, eos_id=eos_id, pad_id=pad_id))
+            rows.append(preprocess.lm_features(ids, length, eos_id=eos_id, pad_id=pad_id, decoder_start_id=start))
         else:
-            rows.append(contract.pair_features(ids, ids[::-1], length, half + 1, eos_id=eos_id, pad_id=pad_id))
+            rows.append(contract.pair_features(ids, ids[::-1], length, half + 1, eos_id=eos_id, pad_id=pad_id,
+                                               decoder_start_id=start, prefix=prefix))
     return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+
+
+def attends_prefix(cfg, model, objective: str) -> bool:
+    """`data.decoder_attention` checked: True for 'prefix' (the input attended bidirectionally, t5x's prefix
+    LM), False for 'causal' (causal attention everywhere; the loss stays on the target)."""
+    mode = cfg.get("decoder_attention", "prefix")
+    if mode not in ATTENTION_MODES:
+        raise config_lib.ConfigError(f"data.decoder_attention={mode!r}; expected one of {ATTENTION_MODES}")
+    if mode == "causal" and "encoder_input_tokens" in losses.required_keys(model, objective):
+        raise config_lib.ConfigError(f"data.decoder_attention='causal' applies to decoder-only models; objective "
+                                     f"{objective!r} on the {losses.model_contract(model).family} model reads its "
+                                     "input with a bidirectional encoder")
+    return mode == "prefix"
+
+
+def module_metadata(cfg, model, objective: str) -> dict:
+    """What a trained module records about the layout decoding must reproduce: for decoder-only seq2seq,
+    the attention over the input (`decode.ATTENTION_KEY`), which `generate` checks."""
+    if objective != "seq2seq" or "decoder_causal_attention" not in losses.required_keys(model, objective):
+        return {}
+    return {ATTENTION_KEY: "prefix" if attends_prefix(cfg, model, objective) else "causal"}
 
 
 # ----------------------------------------------------------------------------- text sources
@@ -181,9 +207,14 @@ def _text_of(record) -> str:
 
 
 def _preprocess_fn(cfg, model, objective: str, tok) -> Callable:
-    """record -> features for one objective (span corruption draws its spans from the pipeline rng)."""
+    """record -> features for one objective (span corruption draws its spans from the pipeline rng).
+
+    Every decoder sequence starts with the model's start token (`Model.decoder_start_id`: the
+    checkpoint's BOS for a decoder-only base, the decoder start token for an encoder-decoder).
+    """
     ids = lambda text: tok.encode(text)
     kw = dict(eos_id=tok.eos_id, pad_id=tok.pad_id)
+    start = dict(decoder_start_id=model.decoder_start_id)
     if objective == "span_corruption":
         sentinels = tok.sentinel_ids()
         fn = lambda r, rng: preprocess.span_corruption_features(
@@ -191,11 +222,12 @@ def _preprocess_fn(cfg, model, objective: str, tok) -> Callable:
             noise_density=cfg.noise_density, mean_noise_span_length=cfg.mean_noise_span_length, **kw)
         return data_lib.with_rng(fn)
     if objective == "causal_lm":
-        return lambda r: preprocess.lm_features(ids(_text_of(r)), cfg.input_length, **kw)
+        return lambda r: preprocess.lm_features(ids(_text_of(r)), cfg.input_length, **kw, **start)
     if objective == "prefix_lm":  # unlabeled text: the first half is the prefix, the rest the target
-        return lambda r: _split_prefix_lm(ids(_text_of(r)), cfg.input_length, kw)
+        return lambda r: _split_prefix_lm(ids(_text_of(r)), cfg.input_length, {**kw, **start})
+    prefix = attends_prefix(cfg, model, objective)
     return lambda r: model.pair_features(ids(r["text"]), ids(r["summary"]), cfg.input_length, cfg.target_length,
-                                         decoder_start_id=model.decoder_start_id, **kw)
+                                         prefix=prefix, **kw, **start)
 
 
 def _split_prefix_lm(ids: list[int], length: int, kw: dict) -> dict:
@@ -236,7 +268,7 @@ def make_iterator(cfg, model, objective: str, tok, shard: Shard, split: str, see
         feats = memorisable_features(model, objective, num_examples=cfg.num_examples if train else cfg.eval_examples,
                                      length=cfg.input_length, vocab_size=model.config.vocab_size,
                                      seed=seed if train else seed + 1, eos_id=model.config.eos_id,
-                                     pad_id=model.config.pad_id)
+                                     pad_id=model.config.pad_id, prefix=attends_prefix(cfg, model, objective))
         return ArrayIterator(feats, shard.global_batch_size, shard.rows, seed=seed, shuffle=train)
     records = _records(cfg, split, labeled=objective == "seq2seq")
     fn = _preprocess_fn(cfg, model, objective, tok)

@@ -13,6 +13,7 @@ restarted run continues bit-exactly where the last checkpoint left off.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import tempfile
 import time
@@ -21,11 +22,13 @@ from typing import Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 from tqdm import tqdm
 
-from peft_jax import distributed
+from peft_jax import distributed, fileio
 from peft_jax import peft as peft_lib
-from peft_jax.fileio import WorkdirError, require_local
+from peft_jax import tree as tree_lib
+from peft_jax.fileio import WorkdirError, WorkdirLockedError, workdir_lock
 from peft_jax.models import get_model
 from peft_jax.train import checkpoints, config_lib, inputs, losses, optimizers, partitioning, reporting, sparse
 from peft_jax.train import step as step_lib
@@ -35,7 +38,14 @@ Hook = Callable[[int, dict], None]
 
 
 class NonFiniteLossError(FloatingPointError):
-    """A step produced a NaN/Inf loss or gradient; the run stopped with its last good checkpoint kept."""
+    """A step produced a NaN/Inf loss, gradient or parameter; the run stopped with its last good checkpoint kept."""
+
+
+class ResumeError(ValueError):
+    """The workdir's checkpoint was written by a run this one cannot continue (another config, more steps)."""
+
+
+RESUME_RECORD = "train_config.json"  # what a resumed run must share with the run that wrote the checkpoints
 
 
 @dataclasses.dataclass
@@ -66,16 +76,13 @@ def initialize_distributed(cfg) -> None:
 
 
 def check_workdir(workdir: str) -> str:
-    """Creates `workdir` if needed and proves it is writable; returns its absolute path."""
-    path = os.path.abspath(require_local(workdir))
-    try:
-        os.makedirs(path, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
-            pass
-    except OSError as e:
-        raise WorkdirError(f"workdir {path!r} is not writable ({e.strerror or e}); "
-                           "choose a directory you can write to") from None
-    return path
+    """Creates `workdir` if needed and proves it is writable; its absolute path or its gs:// URL.
+
+    Refuses an empty path and a URL whose storage has no installed backend (`fileio.workdir_path`).
+    """
+    path = fileio.workdir_path(workdir)
+    fileio.probe_writable(path)
+    return os.fspath(path)
 
 
 def rules_of(config) -> tuple:
@@ -88,6 +95,7 @@ def build_model(config, tok, mesh, rules):
     mcfg = config.model
     if mcfg.checkpoint:
         model, params = partitioning.load_base(mcfg.checkpoint, mesh, rules, compute_dtype=mcfg.dtype)
+        params = _in_shardings(params, partitioning.base_shardings(model, mesh, rules))
         if tok is not None and tok.vocab_size > model.config.vocab_size:
             raise config_lib.ConfigError(f"tokenizer has {tok.vocab_size} ids but the checkpoint's vocabulary "
                                          f"has {model.config.vocab_size}")
@@ -97,6 +105,22 @@ def build_model(config, tok, mesh, rules):
         overrides["vocab_size"] = tok.vocab_size
     model = get_model(mcfg.name, **overrides)
     return model, partitioning.init_base(model, jax.random.PRNGKey(mcfg.init_seed), mesh, rules)
+
+
+def _in_shardings(params: dict, shardings: dict) -> dict:
+    """`params` with every leaf in its mesh sharding.
+
+    A native checkpoint (the pipeline's pre-trained base) loads onto one local device whatever the
+    requested shardings; in a multi-process run such arrays are not part of the global mesh and jit
+    refuses them, so they are placed here (each process holds the whole tensor and gives its slices).
+    """
+    def place(x, sharding):
+        if x.sharding.is_equivalent_to(sharding, x.ndim):
+            return x
+        host = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, sharding, lambda idx: host[idx])
+
+    return jax.tree.map(place, params, shardings)
 
 
 def plan_phases(config) -> list[Phase]:
@@ -129,6 +153,7 @@ class _Static:
     params_sharding: object
     batch_sharding: object
     fold_in: Callable  # per-step dropout key, replicated on the mesh
+    nonfinite: Callable  # params -> per-leaf "holds a NaN/Inf" flags, replicated
 
 
 @dataclasses.dataclass
@@ -225,6 +250,14 @@ def _one_step(s: _Static, run: _PhaseRun, host_batch: dict, rng, step: int) -> t
         raise NonFiniteLossError(f"non-finite loss or gradient at step {step + 1} (loss={metrics['loss']}, "
                                  f"grad_norm={metrics['grad_norm']}); stopped without saving it: the last "
                                  f"good checkpoint is kept")
+    # A finite loss and gradient can still give non-finite parameters (an overflowing update); such a
+    # module must never reach a checkpoint or the final module file.
+    bad = [p for p, flag in tree_lib.flatten(jax.device_get(s.nonfinite(module.params))).items() if flag]
+    if bad:
+        raise NonFiniteLossError(f"step {step + 1} made the module's parameters non-finite ({', '.join(bad[:3])}"
+                                 f"{', ...' if len(bad) > 3 else ''}; loss={metrics['loss']}, "
+                                 f"grad_norm={metrics['grad_norm']}); stopped without saving it: the last good "
+                                 "checkpoint is kept")
     metrics.update(step_time=dt, tokens_per_sec=metrics["tokens"] / max(dt, 1e-9),
                    learning_rate=float(run.schedule(step - run.phase.start)))
     return dataclasses.replace(run, module=module, opt_state=opt_state), metrics
@@ -240,7 +273,8 @@ def _export(s: _Static, run: _PhaseRun, workdir: str, fingerprint: str, step: in
     cfg = s.config
     meta = {"base_fingerprint": fingerprint, "model": cfg.model.checkpoint or cfg.model.name,
             "objective": cfg.objective, "language": cfg.data.language, "data_source": cfg.data.source,
-            "steps": step, "seed": cfg.seed}
+            "steps": step, "seed": cfg.seed, **inputs.module_metadata(cfg.data, s.model, cfg.objective),
+            **cfg.get("metadata", {})}
     module = module.with_metadata(**meta)
     if jax.process_index() == 0:
         peft_lib.save(os.path.join(workdir, "final_module"), module, overwrite=True)
@@ -254,51 +288,119 @@ def _setup(config, workdir: str):
     mesh = partitioning.make_mesh(dict(config.mesh))
     rules = rules_of(config)
     partitioning.check_batch(config.batch_size, mesh, rules, config.micro_batches)
-    tok = inputs.build_tokenizer(config.data, config.objective, workdir)
+    tok = _tokenizer(config, workdir)
     model, params = build_model(config, tok, mesh, rules)
     losses.required_keys(model, config.objective)
     repl = partitioning.replicated(mesh)
     batch_sh = jax.sharding.NamedSharding(mesh, partitioning.batch_spec(rules))
+    nonfinite = jax.jit(lambda tree: jax.tree.map(lambda x: ~jnp.all(jnp.isfinite(x)), tree), out_shardings=repl)
     s = _Static(config, model, params, mesh, rules, config_lib.peft_config(config.peft), repl,
-                step_lib.shardings_of(params), batch_sh, jax.jit(jax.random.fold_in, out_shardings=repl))
+                step_lib.shardings_of(params), batch_sh, jax.jit(jax.random.fold_in, out_shardings=repl), nonfinite)
     shard = inputs.Shard(partitioning.local_rows(mesh, config.batch_size, rules), config.batch_size)
     return s, tok, shard
+
+
+def _tokenizer(config, workdir: str):
+    """`inputs.build_tokenizer` with its trained model kept at workdir/tokenizer.model, local or remote.
+
+    The tokenizer code reads and writes local files, so for a remote workdir the model is fetched to
+    (or trained in) a local temporary directory and uploaded once by process 0.
+    """
+    if not fileio.is_remote(workdir):
+        return inputs.build_tokenizer(config.data, config.objective, workdir)
+    remote = epath.Path(workdir) / "tokenizer.model"
+    with tempfile.TemporaryDirectory() as local:
+        saved = os.path.join(local, "tokenizer.model")
+        if remote.exists():
+            fileio.atomic_write(saved, lambda tmp: fileio.write_bytes(tmp, remote.read_bytes()))
+        tok = inputs.build_tokenizer(config.data, config.objective, local)
+        if jax.process_index() == 0 and os.path.exists(saved) and not remote.exists():
+            with open(saved, "rb") as f:
+                fileio.write_bytes(remote, f.read())
+    return tok
+
+
+def check_resume(config, workdir: str, start: int, fingerprint: str) -> None:
+    """Refuses to continue a checkpoint that this config cannot continue; records the config on a fresh start.
+
+    A checkpoint past `num_steps` would otherwise be exported relabelled with fewer steps, and one of
+    another PEFT config (rank, family, targets) would fail deep inside orbax; both name what differs.
+    """
+    record = os.path.join(workdir, RESUME_RECORD)
+    current = {**config_lib.resume_record(config), "base_fingerprint": fingerprint}
+    if not start:
+        if jax.process_index() == 0:
+            fileio.write_text(record, json.dumps(current, indent=1, sort_keys=True))
+        return
+    if start > int(config.num_steps):
+        raise ResumeError(f"workdir {workdir} holds a checkpoint of step {start}, past num_steps="
+                          f"{config.num_steps}: a run of {start} steps cannot be continued to {config.num_steps}; "
+                          f"set num_steps >= {start} or use another --workdir")
+    if epath.Path(record).exists():
+        diff = config_lib.resume_differences(fileio.read_json(record), current)
+        if diff:
+            raise ResumeError(f"workdir {workdir} holds checkpoints of a run with another config ("
+                              f"{'; '.join(diff[:6])}{'; ...' if len(diff) > 6 else ''}); resume with the same "
+                              "config or use another --workdir")
 
 
 def train(config, workdir: str, *, hooks: Sequence[Hook] = (),
           train_iter: inputs.BatchIterator | None = None) -> TrainResult:
     """Trains the configured PEFT module; resumes from workdir's latest checkpoint if there is one.
 
+    workdir: a local directory or a gs:// URL (see docs/remote_workdirs.md); process 0 holds its lock
+      for the whole run, so a second run on it is refused.
     hooks: called as hook(completed_steps, metrics) after every step, on every process.
     train_iter: batches to train on instead of the config's data section (this
       process's rows of each global batch; see `inputs.BatchIterator`).
-    Raises NonFiniteLossError (naming the step) on a NaN/Inf loss, keeping the last good checkpoint.
+    Raises NonFiniteLossError (naming the step) on a NaN/Inf loss or parameter, keeping the last good
+    checkpoint, and ResumeError when the workdir's checkpoints cannot be continued with this config.
     """
     initialize_distributed(config.distributed)
     workdir = check_workdir(workdir)
+    with workdir_lock(workdir, hold=jax.process_index() == 0, kind="training run") as lock:
+        return _train(config, workdir, hooks, train_iter, lock.check if lock else (lambda: None))
+
+
+def _train(config, workdir: str, hooks, train_iter, guard: Callable[[], None]) -> TrainResult:
     s, tok, shard = _setup(config, workdir)
     phases = plan_phases(config)
     rng = jax.jit(lambda: jax.random.PRNGKey(config.seed), out_shardings=s.repl)()
     it = train_iter or inputs.make_iterator(config.data, s.model, config.objective, tok, shard, "train", config.seed)
-    ckpts = checkpoints.Checkpoints(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
-    start = ckpts.latest_step() or 0
-    run = _start_phase(s, phase_at(phases, start), rng)
-    if start:
-        run, rng = _restore(ckpts, start, run, rng, it)
-        if jax.process_index() == 0:
-            print(f"resumed from the checkpoint of step {start} in {workdir}", flush=True)
-    writer = reporting.MetricWriter(workdir, enabled=jax.process_index() == 0, tensorboard=config.tensorboard)
     fingerprint = base_fingerprint(s.params)
+    ckpts = checkpoints.Checkpoints(os.path.join(workdir, "checkpoints"), config.keep_checkpoints, guard=guard)
+    writer = None
     try:
+        start = ckpts.latest_step() or 0
+        check_resume(config, workdir, start, fingerprint)
+        run = _start_phase(s, phase_at(phases, start), rng)
+        if start:
+            run, rng = _restore_checked(ckpts, start, run, rng, it, workdir)
+            if jax.process_index() == 0:
+                print(f"resumed from the checkpoint of step {start} in {workdir}", flush=True)
+        writer = reporting.MetricWriter(workdir, enabled=jax.process_index() == 0, tensorboard=config.tensorboard)
         run, metrics = _run_steps(s, run, phases, start, rng, it, tok, shard, ckpts, writer, hooks)
         _save(ckpts, int(config.num_steps), run, rng, it)
     finally:
         ckpts.close()
-        writer.close()
+        if writer is not None:
+            writer.close()
+    guard()
     module = _export(s, run, workdir, fingerprint, int(config.num_steps))
     if jax.process_index() == 0:
         reporting.plot_losses(workdir)
     return TrainResult(module, s.params, s.model, int(config.num_steps), metrics, workdir)
+
+
+def _restore_checked(ckpts, start: int, run: _PhaseRun, rng, it, workdir: str):
+    """`_restore`, with orbax's error for a checkpoint of another structure turned into one that says so."""
+    try:
+        return _restore(ckpts, start, run, rng, it)
+    except (ValueError, KeyError, TypeError) as e:
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        raise ResumeError(f"the checkpoint of step {start} in {workdir} does not fit this run's module and "
+                          f"optimizer state ({type(e).__name__}: {first}); it was written with another PEFT or "
+                          "optimizer config: resume with that config or use another --workdir") from None
 
 
 def _run_steps(s, run, phases, start, rng, it, tok, shard, ckpts, writer, hooks):

@@ -1,12 +1,20 @@
-"""Run metrics: JSON lines and TensorBoard from process 0, and the loss-curve figure at the end."""
+"""Run metrics: JSON lines and TensorBoard from process 0, and the loss-curve figure at the end.
+
+Every file goes through `etils.epath` (`peft_jax.fileio`), so a gs:// workdir holds them too; TensorBoard
+event files of a remote workdir are written by an epath-backed writer registered with tensorboardX.
+"""
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
 
 import numpy as np
+from etils import epath
+
+from peft_jax import fileio
 
 
 class MetricWriter:
@@ -22,14 +30,15 @@ class MetricWriter:
         self._tb = None
         if enabled and tensorboard:
             from tensorboardX import SummaryWriter  # imported lazily: it is slow to import
+            if fileio.is_remote(workdir):
+                _register_epath_event_writer(fileio.scheme(workdir))
             self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
     def write(self, step: int, metrics: dict) -> None:
         if not self.enabled:
             return
         clean = {k: _plain(v) for k, v in metrics.items()}
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps({"step": int(step), **clean}, sort_keys=True) + "\n")
+        fileio.append_text(self.path, json.dumps({"step": int(step), **clean}, sort_keys=True) + "\n")
         if self._tb is not None:
             for k, v in clean.items():
                 if isinstance(v, (int, float)):
@@ -50,15 +59,14 @@ def _plain(v):
 
 def read_metrics(workdir: str) -> dict[int, dict]:
     """{step: merged metrics} from metrics.jsonl (later lines win: a resumed run rewrites steps)."""
-    path = os.path.join(workdir, "metrics.jsonl")
+    path = epath.Path(os.fspath(workdir)) / "metrics.jsonl"
     out: dict[int, dict] = {}
-    if not os.path.exists(path):
+    if not path.exists():
         return out
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                record = json.loads(line)
-                out.setdefault(record.pop("step"), {}).update(record)
+    for line in path.read_text().splitlines():
+        if line.strip():
+            record = json.loads(line)
+            out.setdefault(record.pop("step"), {}).update(record)
     return out
 
 
@@ -91,5 +99,40 @@ def plot_losses(workdir: str, filename: str = "loss_curve.png") -> str | None:
     if fig is None:
         return None
     path = os.path.join(workdir, filename)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    fileio.write_bytes(path, buffer.getvalue())
     return path
+
+
+class _EpathEventFile:
+    """A tensorboardX record writer over epath: object storage has no append, so each flush rewrites
+    the event file whole (every flush leaves a complete, readable file)."""
+
+    def __init__(self, path: str):
+        self.path, self.buffer = path, io.BytesIO()
+
+    def write(self, data: bytes) -> None:
+        self.buffer.write(data)
+
+    def flush(self) -> None:
+        fileio.write_bytes(self.path, self.buffer.getvalue())
+
+    def close(self) -> None:
+        self.flush()
+
+
+class _EpathEventFactory:
+    def open(self, path: str) -> _EpathEventFile:
+        return _EpathEventFile(path)
+
+    def directory_check(self, path: str) -> None:
+        epath.Path(path).mkdir(parents=True, exist_ok=True)
+
+
+def _register_epath_event_writer(scheme: str) -> None:
+    """Routes tensorboardX's `<scheme>://` event files through epath (its own gs:// writer needs
+    google-cloud-storage and bypasses the file-system backend the rest of the workdir uses)."""
+    from tensorboardX import record_writer  # pylint: disable=import-outside-toplevel  (slow to import)
+
+    record_writer.register_writer_factory(scheme, _EpathEventFactory())

@@ -129,23 +129,28 @@ def eval_step(peft: Module, params: dict, batch: dict, *, model, z_loss: float =
     return batch_loss(model, params, peft, batch, z_loss=z_loss)[1]._asdict()
 
 
-def init_opt_state(optimizer: optax.GradientTransformation, peft: Module, mesh: jax.sharding.Mesh):
-    """Optimizer state over the trainable PEFT leaves, sharded on `mesh`.
+def opt_state_shardings(optimizer: optax.GradientTransformation, peft: Module, mesh: jax.sharding.Mesh):
+    """The sharding of every leaf of `init_opt_state`'s result (the module may be abstract).
 
     Leaves shaped like a parameter keep the sharding jit propagates from it; the
     rest (step counts, factored moments) are replicated. Every leaf gets a mesh
     sharding, so the state's type is the same before and after a train step
     (no recompilation on the second step).
     """
-    train = trainable(peft.params)
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
 
-    def on_mesh(x):
-        s = x.sharding
+    def on_mesh(s):
         return s if isinstance(s, jax.sharding.NamedSharding) and s.mesh == mesh else replicated
 
-    shardings = jax.tree.map(on_mesh, jax.jit(optimizer.init)(train))
-    return jax.jit(optimizer.init, out_shardings=shardings)(train)
+    # Compiled, not run: `peft` may hold ShapeDtypeStructs (the full-size dry run).
+    propagated = jax.jit(optimizer.init).lower(trainable(peft.params)).compile().output_shardings
+    return jax.tree.map(on_mesh, propagated)
+
+
+def init_opt_state(optimizer: optax.GradientTransformation, peft: Module, mesh: jax.sharding.Mesh):
+    """Optimizer state over the trainable PEFT leaves, sharded on `mesh` (see `opt_state_shardings`)."""
+    shardings = opt_state_shardings(optimizer, peft, mesh)
+    return jax.jit(optimizer.init, out_shardings=shardings)(trainable(peft.params))
 
 
 def shardings_of(tree):

@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from peft_jax.data.sources.errors import DataError, EmptySplitError, MissingDataError
-from peft_jax.data.sources.reading import XLSUM_FIELDS, ReadStats, check_policy, decode_line, parse_json_record
+from peft_jax.data.sources.reading import (XLSUM_FIELDS, ReadStats, check_policy, decode_line, parse_json_record,
+                                           refuse_json_records)
 
 
 class LineIndex:
@@ -134,7 +135,16 @@ class JsonLinesSource(LineIndex):
 
 
 class TextLinesSource(LineIndex):
-    """Random-access non-blank lines of plain-text files (``len``, ``[i]``)."""
+    """Random-access non-blank lines of plain-text files (``len``, ``[i]``).
+
+    A file whose first lines are JSON records with a ``text`` field (mC4) is refused: read as plain
+    text it would train on raw JSON.
+    """
+
+    def __init__(self, paths: Sequence[str | os.PathLike], on_bad_utf8: str = "fail"):
+        super().__init__(paths, on_bad_utf8)
+        for path in self.paths:
+            refuse_json_records(path, on_bad_utf8)
 
     def __getitem__(self, index: int) -> str:
         return self.line(index)[0]

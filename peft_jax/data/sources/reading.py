@@ -110,13 +110,48 @@ def parse_json_record(line: str, where: str, fields: Sequence[str] | None) -> di
         raise MalformedRecordError(f"{where}: malformed JSON line ({err.msg} at column {err.colno})") from None
     if not isinstance(record, dict):
         raise MalformedRecordError(f"{where}: expected a JSON object, got {type(record).__name__}")
-    if fields is None:
-        return record
+    return record if fields is None else select_fields(record, fields, where)
+
+
+def select_fields(record: dict[str, Any], fields: Sequence[str], where: str) -> dict[str, Any]:
+    """``fields`` of a parsed record; a missing one raises MissingFieldError naming ``where``."""
     missing = [f for f in fields if f not in record]
     if missing:
         raise MissingFieldError(f"{where}: missing field(s) {missing}; expected {list(fields)}, "
                                 f"found {sorted(record)}")
     return {f: record[f] for f in fields}
+
+
+# How many leading non-blank lines decide whether a "plain text" file really holds JSON records.
+_SNIFF_LINES = 3
+
+
+def _is_text_record(line: str) -> bool:
+    """Whether a line parses as a JSON object with a ``text`` field (an mC4 / JSON-lines record)."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return False
+    return isinstance(record, dict) and "text" in record
+
+
+def refuse_json_records(path: str | os.PathLike, on_bad_utf8: str = "fail") -> None:
+    """Raises MalformedRecordError when a file to be read as plain text holds JSON records with a ``text`` field.
+
+    Read line by line, such a file (a decompressed mC4 shard, a renamed ``.jsonl``) would train on raw
+    JSON (text, URL and timestamp) with no error. Its first non-blank lines decide.
+    """
+    lines = []
+    for line_no, line in read_lines(path, on_bad_utf8):
+        if line.strip():
+            lines.append((line_no, line))
+        if len(lines) == _SNIFF_LINES:
+            break
+    if lines and all(_is_text_record(line) for _, line in lines):
+        raise MalformedRecordError(
+            f"{path}:{lines[0][0]}: looks like JSON records with a 'text' field (an mC4 / JSON-lines file), "
+            f"not plain text: read it with the mc4 source: data.mc4(dir, language), text_lines(..., fmt='jsonl'), "
+            f"or a text_paths name ending in .json / .jsonl / .json.gz")
 
 
 def require_dir(path: pathlib.Path, what: str, layout: str) -> None:

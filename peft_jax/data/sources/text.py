@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 from peft_jax import languages
 from peft_jax.data.sources.errors import EmptySplitError, MalformedRecordError, MissingDataError
 from peft_jax.data.sources.reading import (ReadStats, check_policy, expand_paths, parse_json_record, read_lines,
-                                           require_dir, split_suffix)
+                                           refuse_json_records, require_dir, select_fields, split_suffix)
 
 _JSON_SUFFIXES = (".jsonl", ".json", ".ndjson")
 
@@ -29,7 +29,9 @@ class TextLines:
 
     Plain text yields one string per non-blank line; JSON lines (``.jsonl``, ``.json``,
     also gzip-compressed like mC4's ``c4-<lang>.tfrecord-*.json.gz``) yield the ``field``
-    of each record. ``stats`` holds the counters of the latest pass.
+    of each record. A file read as plain text whose first lines are JSON records with a
+    ``text`` field is refused (it would train on raw JSON). ``stats`` holds the counters
+    of the latest pass.
     """
 
     def __init__(self, paths: Sequence[pathlib.Path], field: str = "text", fmt: str = "auto",
@@ -44,21 +46,30 @@ class TextLines:
         """Whether ``path`` is read as JSON lines under this stream's format."""
         return self.fmt == "jsonl" or (self.fmt == "auto" and _is_json_lines(path))
 
-    def __iter__(self) -> Iterator[str]:
+    def records(self) -> Iterator[tuple[str, str | None]]:
+        """``(text, url)`` of every record: the JSON record's ``url`` field (mC4 has one), None for plain text."""
         self.stats = ReadStats()
         for path in self.paths:
             is_json = self._is_json(path)
+            if not is_json:
+                refuse_json_records(path, self.on_bad_utf8)
             for line_no, line in read_lines(path, self.on_bad_utf8, self.stats):
                 if not line.strip():
                     continue
+                url = None
                 if is_json:
-                    line = parse_json_record(line, f"{path}:{line_no}", (self.field,))[self.field]
+                    where = f"{path}:{line_no}"
+                    record = parse_json_record(line, where, None)
+                    line, url = select_fields(record, (self.field,), where)[self.field], record.get("url")
                     if not isinstance(line, str):
-                        raise MalformedRecordError(f"{path}:{line_no}: field {self.field!r} is not a string")
+                        raise MalformedRecordError(f"{where}: field {self.field!r} is not a string")
                 self.stats.records += 1
-                yield line
+                yield line, url if isinstance(url, str) else None
         if self.stats.records == 0:
             raise EmptySplitError(f"no text in {', '.join(map(str, self.paths))}")
+
+    def __iter__(self) -> Iterator[str]:
+        return (text for text, _ in self.records())
 
 
 def text_lines(paths_or_glob: str | os.PathLike | Sequence[str | os.PathLike], *, field: str = "text",
@@ -72,8 +83,18 @@ def text_lines(paths_or_glob: str | os.PathLike | Sequence[str | os.PathLike], *
 
 
 def mc4_code(language: str | languages.Language) -> str:
-    """The language code mC4 uses in file and split names (``iw`` for Hebrew, else ISO 639-1/3)."""
+    """The language code mC4 uses in file and split names.
+
+    The unlabeled-text table's code for the languages it lists (``zh`` for both Chinese standards,
+    ``sr`` for both Serbian scripts); otherwise ``iw`` for Hebrew, else ISO 639-1/3. A listed
+    language without mC4 text raises ``MissingDataError``.
+    """
     lang = languages.resolve(language)
+    entry = languages.unlabeled_source(lang)
+    if entry is not None:
+        if not entry.available:
+            raise MissingDataError(f"mC4 has no text in {lang.name} ({entry.note}; {languages.UNLABELED_TABLE_PATH.name})")
+        return entry.code
     if lang.iso3 == "heb":
         return "iw"
     return lang.iso1 or lang.iso3

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from peft_jax import tree as tu
 from peft_jax.peft.errors import CompositionError, PeftConfigError
 from peft_jax.peft.families import sites
-from peft_jax.peft.families.base import Family, leafwise_sum, require_positive
+from peft_jax.peft.families.base import Family, leafwise_sum, require_count, require_positive
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,7 +34,8 @@ class AdapterConfig:
     family: str = dataclasses.field(default="adapter", init=False)
 
     def __post_init__(self):
-        require_positive("reduction_factor", self.reduction_factor, "adapter")
+        require_count("reduction_factor", self.reduction_factor, "adapter")
+        require_positive("init_scale", self.init_scale, "adapter")
         if self.placement not in ("pfeiffer", "houlsby"):
             raise PeftConfigError(f"adapter: placement must be pfeiffer|houlsby, got {self.placement!r}")
         if self.activation not in ("relu", "gelu", "silu"):
@@ -84,6 +85,15 @@ class AdapterFamily(Family):
             return y + jnp.einsum("b...k,bkd->b...d", h, up) + bias(n["up_bias"])
         h = act(y @ down + n["down_bias"].astype(ctx.dtype))
         return y + h @ up + n["up_bias"].astype(ctx.dtype)
+
+    def fit(self, path, node, shapes, config):
+        layer, d = path.rsplit("/", 1)[0], node["down"].shape[-2]
+        under = {p: s for p, s in shapes.items() if p.startswith(layer + "/")}
+        if not under:
+            return f"the base has no layer {layer}"
+        if not any(d in s for s in under.values()):
+            return f"an adapter of width {d} on layer {layer}, whose parameters have shapes {sorted(set(under.values()))}"
+        return None
 
     def plan_facts(self, modules, plan, first_path):
         acts = [m.config.activation for m in modules]

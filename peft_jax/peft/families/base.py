@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import math
+import re
 from typing import Any, Callable, ClassVar, Mapping
 
 import jax
@@ -24,6 +26,7 @@ import numpy as np
 
 from peft_jax import tree as tu
 from peft_jax.peft.errors import PeftConfigError
+from peft_jax.peft.families import sites
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,9 +68,48 @@ def leafwise_sum(plan: Plan, P, w, extras) -> dict:
 
 
 def require_positive(name: str, value, family: str) -> None:
-    """Refuses a config value that is missing or not > 0, naming the family and the field."""
-    if value is None or value <= 0:
-        raise PeftConfigError(f"{family}: {name} must be > 0, got {value!r}")
+    """Refuses a config value that is not a finite real number > 0, naming the family and the field."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise PeftConfigError(f"{family}: {name} must be a number > 0, got {type(value).__name__} {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise PeftConfigError(f"{family}: {name} must be finite and > 0, got {value!r}")
+
+
+def require_count(name: str, value, family: str) -> None:
+    """Refuses a config value that is not an integer >= 1 (a float such as 8.0 or a string such as "8" too:
+    a rank or a length is a count)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise PeftConfigError(f"{family}: {name} must be an integer >= 1, got {type(value).__name__} {value!r}")
+    if value < 1:
+        raise PeftConfigError(f"{family}: {name} must be >= 1, got {value!r}")
+
+
+def require_fraction(name: str, value, family: str) -> None:
+    """Refuses a rate that is not a number in [0, 1)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not 0.0 <= value < 1.0:
+        raise PeftConfigError(f"{family}: {name} must be a number in [0, 1), got {value!r}")
+
+
+def check_in_axes(in_axes, family: str) -> None:
+    """Refuses an `in_axes` config value that is not ((target regex, (axis, ...)), ...)."""
+    ok = isinstance(in_axes, tuple) and all(
+        isinstance(r, tuple) and len(r) == 2 and isinstance(r[1], tuple) and r[1]
+        and all(isinstance(a, (int, np.integer)) and not isinstance(a, bool) for a in r[1]) for r in in_axes)
+    if not ok:
+        raise PeftConfigError(f"{family}: in_axes must be ((target regex, (axis, ...)), ...), got {in_axes!r}")
+    for pattern, _ in in_axes:
+        require_pattern("in_axes pattern", pattern, family)
+
+
+def require_pattern(name: str, value, family: str) -> None:
+    """Refuses a target regex that is not a string or does not compile."""
+    if not isinstance(value, str):
+        raise PeftConfigError(f"{family}: {name} must be a regex string, got {type(value).__name__} {value!r}")
+    try:
+        re.compile(value)
+    except re.error as e:
+        raise PeftConfigError(f"{family}: {name} {value!r} is not a valid regex ({e})") from None
 
 
 def is_concrete(x) -> bool:
@@ -109,6 +151,9 @@ class Family(abc.ABC):
         """A fresh module's params for `model` (from `model.param_specs()`; `params` only when the
         init reads base values, e.g. prompts from the vocabulary). A fresh module should leave the
         model's output unchanged where the method allows it."""
+
+    from_tree: ClassVar[bool] = False
+    """Whether `init` also works from a bare parameter pytree (its shapes), not only from a peft_jax model."""
 
     # ------------------------------------------------------------------ application at a site
     # Order at a kernel (`peft.apply.linear`): every view's `transform_input`, then x @ kernel (the
@@ -155,6 +200,29 @@ class Family(abc.ABC):
     def fold(self, w: jax.Array, node: dict, config, sign: int) -> jax.Array:
         """The float32 base leaf `w` with `node` merged in (sign=+1) or taken out again (sign=-1)."""
         raise ValueError(self.fold_refusal)
+
+    # ------------------------------------------------------------------ fit to a base
+    kernel_view: ClassVar[bool] = False
+    """Whether the nodes see the kernel at their site as a matrix [inputs, outputs]: an N-D kernel
+    (`DenseGeneral` [d, heads, head_dim]) is read through `sites.Matrix` by merge and application."""
+
+    def matrix_shape(self, node: dict, size: int) -> tuple[int, int] | None:
+        """(inputs, outputs) of the kernel matrix a node expects, given the kernel's size (kernel_view
+        families; None: the node does not say)."""
+        return None
+
+    def fit(self, path: str, node: dict, shapes: Mapping[str, tuple], config) -> str | None:
+        """Why the node at `path` does not fit a base whose leaves have `shapes` (None: it fits).
+
+        `node`'s leaves are arrays (traced inside jit; with a leading batch axis in a batched module, so
+        read their trailing dimensions). The default asks for the base leaf the node folds into and,
+        for kernel_view families, a kernel matrix of the node's shape."""
+        key = self.base_leaf(path)
+        if key not in shapes:
+            return f"the base has no parameter {key}"
+        if not self.kernel_view:
+            return None
+        return _matrix_problem(path, key, shapes[key], self.matrix_shape(node, int(np.prod(shapes[key]))), config)
 
     # ------------------------------------------------------------------ sharding, batching, counting
     def leaf_axes(self, name: str, kernel_spec) -> tuple | None:
@@ -267,6 +335,21 @@ class Family(abc.ABC):
     schedule_fields: ClassVar[Mapping[str, Any]] = {}
     """Training-schedule knobs that sit in the family's config section but are not part of the
     module (sparse: the dense phase's share of the steps)."""
+
+
+def _matrix_problem(path: str, key: str, shape: tuple, rows_cols, config) -> str | None:
+    """Why a kernel of `shape` cannot be read as the [rows, cols] matrix a node expects (None: it can)."""
+    if rows_cols is None:
+        return None
+    rows, cols = rows_cols
+    try:
+        want = sites.Matrix.of(path, shape, config, rows=rows).shape2d
+    except ValueError as e:
+        return str(e)
+    if (rows, cols) != want:
+        return (f"the module expects {key} as a [{rows}, {cols}] matrix (inputs, outputs), but the base kernel has "
+                f"shape {tuple(shape)}, read as {list(want)}")
+    return None
 
 
 # ---------------------------------------------------------------------------------------- registry

@@ -16,7 +16,7 @@ import numpy as np
 
 from peft_jax import tree as tu
 from peft_jax.peft.families import sites
-from peft_jax.peft.families.base import Family, weighted_sum
+from peft_jax.peft.families.base import Family, check_in_axes, require_pattern, weighted_sum
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,7 +25,14 @@ class IA3Config:
 
     targets: str = r".*attention/(key|value)$|.*mlp/wo$"
     feedforward: str = r".*mlp/wo$"
+    in_axes: tuple = ()
+    """((target regex, input axes), ...) for N-D kernels whose input axes are not inferred (`sites.Matrix`)."""
     family: str = dataclasses.field(default="ia3", init=False)
+
+    def __post_init__(self):
+        require_pattern("targets", self.targets, "ia3")
+        require_pattern("feedforward", self.feedforward, "ia3")
+        check_in_axes(self.in_axes, "ia3")
 
 
 def _scale(x: jax.Array, s: jax.Array, batched: bool) -> jax.Array:
@@ -45,6 +52,8 @@ class IA3Family(Family):
     config_class = IA3Config
     node_keys = frozenset({"ia3_in", "ia3_out"})
     mergeable = True
+    kernel_view = True
+    from_tree = True
     strategies = ("param", "ties", "dare", "stack")
     kernels = {"param": _param}
     identity = 1.0
@@ -52,10 +61,10 @@ class IA3Family(Family):
     bench_noise = {"ia3_in": 0.1, "ia3_out": 0.1}
 
     def init(self, model, config: IA3Config, rng, params):
-        kernels = sites.kernel_specs(model)
+        targets = sites.match(sites.kernel_shapes(model), config.targets, "ia3 targets")
         out = {}
-        for path in sites.match(kernels, config.targets, "ia3 targets"):
-            d_in, d_out = kernels[path].shape
+        for path, matrix in sites.matrices(model, config, targets).items():
+            d_in, d_out = matrix.shape2d
             ff = bool(tu.select([path], config.feedforward))
             out[path] = {"ia3_in": jnp.ones((d_in,))} if ff else {"ia3_out": jnp.ones((d_out,))}
         return tu.unflatten(out)
@@ -70,6 +79,11 @@ class IA3Family(Family):
         s = node.get("ia3_out", node.get("ia3_in"))
         s = s if sign > 0 else 1.0 / s
         return w * (s[None, :] if "ia3_out" in node else s[:, None])
+
+    def matrix_shape(self, node, size):
+        if "ia3_in" in node:
+            return node["ia3_in"].shape[-1], size // max(node["ia3_in"].shape[-1], 1)
+        return size // max(node["ia3_out"].shape[-1], 1), node["ia3_out"].shape[-1]
 
     def leaf_axes(self, name, kernel_spec):
         if kernel_spec is None or name not in ("ia3_in", "ia3_out"):

@@ -26,7 +26,8 @@ import numpy as np
 from peft_jax import tree as tu
 from peft_jax.peft.errors import CompositionError, HFPeftError, PeftConfigError
 from peft_jax.peft.families import sites
-from peft_jax.peft.families.base import Family, Plan, leafwise_sum, require_positive, weighted_sum
+from peft_jax.peft.families.base import (Family, Plan, check_in_axes, leafwise_sum, require_count, require_fraction,
+                                         require_pattern, require_positive, weighted_sum)
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -43,12 +44,18 @@ class LoraConfig:
     alpha: float = 16.0
     rslora: bool = False
     dropout: float = 0.0
+    in_axes: tuple = ()
+    """((target regex, input axes), ...) for N-D kernels whose input axes are not inferred (`sites.Matrix`)."""
     family: str = dataclasses.field(default="lora", init=False)
 
     def __post_init__(self):
-        require_positive("rank", self.rank, "lora")
-        if not 0.0 <= self.dropout < 1.0:
-            raise PeftConfigError(f"lora: dropout must be in [0, 1), got {self.dropout}")
+        require_pattern("targets", self.targets, "lora")
+        require_count("rank", self.rank, "lora")
+        require_positive("alpha", self.alpha, "lora")
+        require_fraction("dropout", self.dropout, "lora")
+        if not isinstance(self.rslora, (bool, np.bool_)):
+            raise PeftConfigError(f"lora: rslora must be True or False, got {self.rslora!r}")
+        check_in_axes(self.in_axes, "lora")
 
     @property
     def scaling(self) -> float:
@@ -189,6 +196,8 @@ class LoraFamily(Family):
     config_class = LoraConfig
     node_keys = frozenset({"lora_a"})
     mergeable = True
+    kernel_view = True
+    from_tree = True
     strategies = ("param", "negate_b", "delta", "concat", "svd", "ties", "dare", "stack")
     kernels = {"param": leafwise_sum, "negate_b": _negate_b, "delta": _delta, "concat": _concat, "svd": _svd}
     add_means = None
@@ -198,10 +207,13 @@ class LoraFamily(Family):
     bench_noise = {"lora_b": 0.02}
 
     def init(self, model, config: LoraConfig, rng, params):
-        kernels = sites.kernel_specs(model)
+        targets = sites.match(sites.kernel_shapes(model), config.targets, "lora targets")
         out = {}
-        for path in sites.match(kernels, config.targets, "lora targets"):
-            d_in, d_out = kernels[path].shape
+        for path, matrix in sites.matrices(model, config, targets).items():
+            d_in, d_out = matrix.shape2d
+            if config.rank > min(d_in, d_out):
+                raise PeftConfigError(f"lora: rank {config.rank} is larger than the layer {path} ([{d_in}, {d_out}] "
+                                      f"as a matrix): at most {min(d_in, d_out)}")
             bound = 1.0 / math.sqrt(d_in)  # Kaiming-uniform(a=sqrt(5)) bound, as in the reference LoRA
             a = jax.random.uniform(sites.site_key(rng, path), (d_in, config.rank), jnp.float32, -bound, bound)
             out[path] = {"lora_a": a, "lora_b": jnp.zeros((config.rank, d_out), jnp.float32)}
@@ -221,6 +233,15 @@ class LoraFamily(Family):
 
     def fold(self, w, node, config, sign):
         return w + sign * config.scaling * (node["lora_a"] @ node["lora_b"])
+
+    def matrix_shape(self, node, size):
+        return node["lora_a"].shape[-2], node["lora_b"].shape[-1]
+
+    def fit(self, path, node, shapes, config):
+        a, b = node["lora_a"].shape, node["lora_b"].shape
+        if a[-1] != b[-2]:
+            return f"lora_a {tuple(a)} and lora_b {tuple(b)} disagree on the rank"
+        return super().fit(path, node, shapes, config)
 
     def leaf_axes(self, name, kernel_spec):
         if kernel_spec is None or name not in ("lora_a", "lora_b"):

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from peft_jax.peft.errors import PeftConfigError
-from peft_jax.peft.families.base import Family, leafwise_sum, require_positive
+from peft_jax.peft.families.base import Family, leafwise_sum, require_count, require_positive
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,7 +32,8 @@ class PromptConfig:
     family: str = dataclasses.field(default="prompt", init=False)
 
     def __post_init__(self):
-        require_positive("length (prompt length)", self.length, "prompt")
+        require_count("length (prompt length)", self.length, "prompt")
+        require_positive("init_scale", self.init_scale, "prompt")
         if self.init not in ("random", "vocab", "text"):
             raise PeftConfigError(f"prompt: init must be random|vocab|text, got {self.init!r}")
         if self.init == "text" and not self.init_text_ids:
@@ -67,6 +68,14 @@ class PromptFamily(Family):
         else:
             ids = jnp.resize(jnp.asarray(config.init_text_ids, jnp.int32), (config.length,))
         return {"prompt": {"embedding": jnp.asarray(table[ids], jnp.float32)}}
+
+    def fit(self, path, node, shapes, config):
+        table = shapes.get("token_embedder/embedding")
+        if table is None:
+            return "the base has no token_embedder/embedding to prepend a prompt to"
+        if node["embedding"].shape[-1] != table[-1]:
+            return f"prompt width {node['embedding'].shape[-1]}, but the base embeds tokens in {table[-1]} dimensions"
+        return None
 
     def soft_prompt(self, view, batch_size, dtype):
         if "prompt" not in view.node:

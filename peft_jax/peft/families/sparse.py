@@ -17,7 +17,7 @@ import numpy as np
 from peft_jax import tree as tu
 from peft_jax.peft.errors import CompositionError, PeftConfigError
 from peft_jax.peft.families import sites
-from peft_jax.peft.families.base import Family, is_concrete
+from peft_jax.peft.families.base import Family, is_concrete, require_pattern, require_positive
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,7 +33,9 @@ class SparseConfig:
     family: str = dataclasses.field(default="sparse", init=False)
 
     def __post_init__(self):
-        if not 0.0 < self.density <= 1.0:
+        require_pattern("targets", self.targets, "sparse")
+        require_positive("density", self.density, "sparse")
+        if self.density > 1.0:
             raise PeftConfigError(f"sparse: density must be in (0, 1], got {self.density}")
 
 
@@ -46,6 +48,12 @@ def target_leaves(model, config: SparseConfig) -> dict:
     """{leaf path: ParamSpec} of the base leaves that `config.targets` selects."""
     specs = sites.leaf_specs(model)
     return {p: specs[p] for p in sites.match(specs, config.targets, "sparse targets")}
+
+
+def target_shapes(base, config: SparseConfig) -> dict[str, tuple]:
+    """{leaf path: shape} of the leaves that `config.targets` selects in a model or parameter tree."""
+    shapes = sites.shapes_of(base)
+    return {p: shapes[p] for p in sites.match(shapes, config.targets, "sparse targets")}
 
 
 def _union(modules) -> dict:
@@ -82,6 +90,7 @@ class SparseFamily(Family):
     config_class = SparseConfig
     node_keys = frozenset({"indices"})
     mergeable = True
+    from_tree = True
     batchable = False
     adds_parameters = False
     strategies = ("param", "ties", "dare", "stack")
@@ -91,8 +100,8 @@ class SparseFamily(Family):
 
     def init(self, model, config: SparseConfig, rng, params):
         out = {}
-        for path, spec in target_leaves(model, config).items():
-            size = int(np.prod(spec.shape))
+        for path, shape in target_shapes(model, config).items():
+            size = int(np.prod(shape))
             n = num_selected(size, config.density)
             idx = jnp.sort(jax.random.choice(sites.site_key(rng, path), size, (n,), replace=False)).astype(jnp.int32)
             out[path] = {"indices": idx, "values": jnp.zeros((n,), jnp.float32)}
@@ -108,6 +117,19 @@ class SparseFamily(Family):
 
     def base_leaf(self, path):
         return path
+
+    def fit(self, path, node, shapes, config):
+        if path not in shapes:
+            return f"the base has no parameter {path}"
+        if node["indices"].shape != node["values"].shape:
+            return f"indices {tuple(node['indices'].shape)} and values {tuple(node['values'].shape)} differ in shape"
+        size = int(np.prod(shapes[path]))
+        if node["indices"].shape[-1] > size:
+            return f"{node['indices'].shape[-1]} entries for a base leaf of {size} entries (shape {shapes[path]})"
+        idx = node["indices"]
+        if is_concrete(idx) and idx.size and not 0 <= int(np.min(idx)) <= int(np.max(idx)) < size:
+            return f"indices outside [0, {size}) for a base leaf of shape {shapes[path]}"
+        return None
 
     def fold(self, w, node, config, sign):
         return w.reshape(-1).at[node["indices"]].add(sign * node["values"]).reshape(w.shape)
