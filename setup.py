@@ -50,6 +50,9 @@ NOTEBOOK = ["nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29", "ipywidgets>=
 
 # The suite also compares against PyTorch `transformers` + `peft` (tests and benchmarks). On this
 # project's machines constraints.txt pins torch to the CPU wheel that lies on disk.
+# gs:// workdirs: gcsfs for etils.epath and the workdir lock, google-cloud-storage for orbax's bucket query.
+GCS = ["gcsfs>=2024.2", "google-cloud-storage>=2.14"]
+
 INTEROP = ["qwix>=0.1.8"]  # LoRA made by qwix (peft_jax.flax.qwix converts its parameters; it never imports qwix)
 
 TEST = ["pytest>=8.0", "torch>=2.4", "peft>=0.13"] + MULTILINGUAL + HF + TFDS + NOTEBOOK + INTEROP
@@ -76,6 +79,7 @@ setuptools.setup(
         "tfds": TFDS,
         "notebook": NOTEBOOK,
         "interop": INTEROP,
+        "gcs": GCS,
         "test": TEST,
     },
     classifiers=[

@@ -2,7 +2,7 @@
 
   python launch/pipeline.py --config=configs/xlsum_decoder.py \
       --config.base.checkpoint=/ckpt/gemma-2b --config.tokenizer.path=/ckpt/gemma-2b/tokenizer.model \
-      --config.data.xlsum_dir=/data/xlsum --config.data.text_paths='/data/mc4/c4-{iso1}.json.gz' \
+      --config.data.xlsum_dir=/data/xlsum --config.data.text_paths='/data/mc4/c4-{mc4}.tfrecord-*.json.gz' \
       --workdir=/mnt/disks/runs/xlsum_gemma
 
 Language modules: next-token prediction (causal LM) on unlabeled text; task module: prefix LM on

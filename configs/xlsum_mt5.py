@@ -14,9 +14,10 @@ keeps each language's text to its script (peft_jax/resources/unlabeled_text.tsv:
 Latin, Cyrillic Uzbek, simplified or traditional Chinese), drops BBC pages and documents sharing a
 sentence with XL-Sum's validation / test articles and summaries, and counts what it dropped in
 `train/lang_<language>/data_report.json`; a language without unlabeled text (Kirundi, Oromo, Tigrinya,
-Nigerian Pidgin) is refused rather than fed another language's text. The task module trains on XL-Sum
-English. Decoding and scoring follow XL-Sum: source 512 / target 84 tokens, beam 4, length penalty
-0.6, no-repeat-ngram 2, multilingual ROUGE.
+Nigerian Pidgin) gets no language module rather than another language's text, and the recipes that
+need one are skipped for it with a note in the table. The task module trains on XL-Sum English.
+Decoding and scoring follow XL-Sum: source 512 / target 84 tokens, beam 4, length penalty 0.6,
+no-repeat-ngram 2, ROUGE as XL-Sum's official scorer computes it (`eval.tokenization = "xlsum"`).
 
 `configs/xlsum_mt5.py:runlocal` runs the same code path on a laptop from a plain clone: the real XL-Sum
 samples in tests/data/xlsum, Tatoeba sentences (tests/data/tatoeba) as unlabeled text, the multilingual

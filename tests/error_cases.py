@@ -429,8 +429,9 @@ def run_all() -> list[tuple[str, str, str, str]]:
 
 def markdown(rows) -> str:
     out = ["# Bad input catalogue", "",
-           "Each row is a malformed input, the case in `tests/error_cases.py` that makes it (run by",
-           "`tests/test_error_catalogue.py`) and the exact error the user sees. Entry points print these as",
+           "Each row is a malformed input, the case that makes it (in `tests/error_cases.py` or",
+           "`tests/error_cases_<area>.py`, run by `tests/test_error_catalogue.py`) and the exact error the user",
+           "sees. Entry points print these as",
            "`error: <message>` with exit status 1 (`peft_jax.cli`); set `PEFT_JAX_TRACEBACK=1` for a traceback.",
            "Regenerate with `python tests/error_cases.py > docs/errors.md`.", "",
            "| area | malformed input | case | error |", "|---|---|---|---|"]

@@ -7,6 +7,8 @@ composed with `compose.combine` give the logits of the base plus the composed de
 NumPy; per-example (batched) modules give row b the logits of module b alone.
 """
 
+import pathlib
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -22,6 +24,8 @@ from peft_jax.peft.errors import TargetError
 
 D, H, V, LAYERS = 16, 2, 32, 1
 LORA = peft.LoraConfig(targets=r".*/(query|key|value|out|wi|wo)", rank=2, alpha=4.0)
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 # ------------------------------------------------------------------ the third-party models
@@ -329,25 +333,15 @@ def test_einsum_layer_with_given_input_axes_applies_unmerged():
 
 
 # ------------------------------------------------------------------ the README example
-README_EXAMPLE = '''
-import jax, jax.numpy as jnp, optax, flax.linen as nn
-from peft_jax import peft, flax as pf
+def _readme_example() -> str:
+    """The Python block of the README's "Use it with your own model" section, as users read it."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Use it with your own model"):]
+    start = section.index("```python\n") + len("```python\n")
+    return section[start:section.index("\n```", start)]
 
-class MLP(nn.Module):                                   # any linen model, unchanged
-    @nn.compact
-    def __call__(self, x):
-        h = nn.DenseGeneral((2, 8), name="hidden")(x).reshape(x.shape[0], 16)  # kernel [16, 2, 8]
-        return nn.Dense(4, name="out")(nn.relu(h))
 
-model, x, y = MLP(), jnp.ones((8, 16)), jnp.zeros((8, 4))
-variables = model.init(jax.random.key(0), x)
-cfg = peft.LoraConfig(targets="hidden|out", rank=2, in_axes=(("hidden", (0,)),))  # kernel axis 0 is the input
-lora = peft.init(variables["params"], cfg, jax.random.key(1))
-loss = lambda m, base, b, rng: jnp.mean((pf.apply(model, {"params": base}, b[0], peft=m) - b[1]) ** 2)
-step, opt_state = pf.train_step(loss, optax.adam(1e-2)), pf.init_opt_state(optax.adam(1e-2), lora)
-for _ in range(20): lora, opt_state, value = step(lora, opt_state, variables["params"], (x, y), None)
-merged = peft.merge(variables["params"], lora)          # the same outputs, folded into the weights
-'''
+README_EXAMPLE = _readme_example()
 
 
 def test_readme_example_runs_and_its_merge_matches():

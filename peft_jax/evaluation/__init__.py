@@ -13,12 +13,12 @@ evaluation stages (`peft_jax.pipeline.experiment`):
 from peft_jax.evaluation.decoding import Decoder, generate_options
 from peft_jax.evaluation.plots import bar_plot, sweep_plot
 from peft_jax.evaluation.run import read_examples, run_system
-from peft_jax.evaluation.scoring import Scoring
+from peft_jax.evaluation.scoring import Scoring, adjust_table
 from peft_jax.evaluation.tables import (RECIPE_CSV_COLUMNS, RECIPE_TABLE, SYSTEM_CSV_COLUMNS, SYSTEM_TABLE,
                                         csv_text, markdown_table, sweep_section, sweep_table, write_csv,
                                         write_markdown, write_predictions)
 
 __all__ = ["Decoder", "RECIPE_CSV_COLUMNS", "RECIPE_TABLE", "SYSTEM_CSV_COLUMNS", "SYSTEM_TABLE", "Scoring",
-           "bar_plot", "csv_text", "generate_options", "markdown_table", "read_examples",
+           "adjust_table", "bar_plot", "csv_text", "generate_options", "markdown_table", "read_examples",
            "run_system", "sweep_plot", "sweep_section", "sweep_table", "write_csv", "write_markdown",
            "write_predictions"]

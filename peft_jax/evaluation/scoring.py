@@ -2,7 +2,8 @@
 
   scoring = Scoring(tokenization="multilingual", identifier="langid", bootstrap_samples=1000, seed=0)
   row, per_example = scoring.score("swahili", predictions, references, lengths)
-  row.update(scoring.compare(per_example, baseline_per_example))   # delta_rougeL, p_value
+  row.update(scoring.compare(per_example, baseline_per_example))   # delta_rougeL, two-sided p_value
+  adjust_table(rows, "holm")                                        # p_adjusted across the table
 
 A results row holds: language, num_examples, rouge1/2/L with _low/_high (95% percentile bootstrap),
 rougeLsum, wrong_language_rate, mean_tokens. Callers add what names the system (system, recipe, lambda).
@@ -53,7 +54,14 @@ class Scoring:
         return row, r["per_example"]
 
     def compare(self, per_example: dict, baseline: dict, key: str = "rougeL") -> dict:
-        """Paired bootstrap of a system against a baseline on the same examples: delta_<key>, p_value."""
+        """Paired bootstrap of a system against a baseline on the same examples: delta_<key>, two-sided p_value."""
         t = metrics.paired_bootstrap(per_example[key], baseline[key], num_samples=self.bootstrap_samples,
-                                     seed=self.seed, alternative="one-sided")
+                                     seed=self.seed)
         return {"delta_" + key: t["delta"], "p_value": t["p_value"]}
+
+
+def adjust_table(rows: Sequence[dict], method: str = "holm") -> None:
+    """Adds `p_adjusted` (and `p_adjust`, the method) to every row with a `p_value`: the table is one family."""
+    compared = [r for r in rows if r.get("p_value") is not None]
+    for r, p in zip(compared, metrics.adjust_p_values([r["p_value"] for r in compared], method)):
+        r["p_adjusted"], r["p_adjust"] = p, method

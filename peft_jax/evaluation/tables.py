@@ -23,7 +23,8 @@ SYSTEM_CSV_COLUMNS = ("language", "system", "num_examples", "rouge1", "rouge1_lo
                       "wrong_language_rate", "mean_tokens")
 RECIPE_CSV_COLUMNS = ("language", "recipe", "rouge1", "rouge1_low", "rouge1_high", "rouge2", "rouge2_low",
                       "rouge2_high", "rougeL", "rougeL_low", "rougeL_high", "rougeLsum", "wrong_language_rate",
-                      "lambda", "delta_rougeL", "p_value", "num_examples")
+                      "lambda", "lambda_protocol", "delta_rougeL", "p_value", "p_adjusted", "p_adjust",
+                      "num_examples", "note")
 
 
 # ------------------------------------------------------------------------------ writers
@@ -87,7 +88,9 @@ def _optional(key: str, fmt: Callable[[dict], str]) -> Callable[[dict], str]:
 
 
 def _paired_delta(r: dict) -> str:
-    return f"{100 * r['delta_rougeL']:+.1f} ({r['p_value']:.3f})"
+    """ΔL ×100 with its two-sided p and, when the table was adjusted, the adjusted p."""
+    adjusted = f"; adj. {r['p_adjusted']:.3f}" if r.get("p_adjusted") is not None else ""
+    return f"{100 * r['delta_rougeL']:+.1f} ({r['p_value']:.3f}{adjusted})"
 
 
 SYSTEM_TABLE: tuple[Column, ...] = (
@@ -103,7 +106,7 @@ RECIPE_TABLE: tuple[Column, ...] = (
     ("λ", _optional("lambda", lambda r: f"{r['lambda']:g}")),
     ("ROUGE-1", _optional("rouge1", _interval("rouge1", 1))), ("ROUGE-2", _optional("rouge2", _interval("rouge2", 1))),
     ("ROUGE-L", _optional("rougeL", _interval("rougeL", 1))),
-    ("ΔL vs task_only (p)", _optional("delta_rougeL", _paired_delta)),
+    ("ΔL vs task_only (p; adj. p)", _optional("delta_rougeL", _paired_delta)),
     ("wrong lang.", _optional("wrong_language_rate", _wrong_language)), ("note", lambda r: r.get("note") or ""))
 
 

@@ -34,6 +34,7 @@ from peft_jax.models.base import tokenizer_ids
 from peft_jax.pipeline import init_regime, lambdas, multi_seed
 from peft_jax.pipeline.pretrain import pretrain
 from peft_jax.pipeline.runner import Stages, workdir_lock
+from peft_jax.train import config_lib
 from peft_jax.train.loop import train
 from peft_jax.tree import flatten
 
@@ -97,7 +98,7 @@ def prepare_tokenizer(config, workdir: str, paths: dict) -> str:
     if config.tokenizer.path:
         return config.tokenizer.path
     texts = []
-    for lang in dict.fromkeys(_languages(config) + list(config.labeled_languages)):
+    for lang in _languages(config) + list(config.labeled_languages):  # the source's text counts twice
         texts.extend(line.strip() for line in data.sources.text_lines([text_path(paths, lang)]))
     prefix = os.path.join(workdir, "tokenizer")
     return str(data.train_sentencepiece(texts, prefix, config.tokenizer.vocab_size,
@@ -260,8 +261,9 @@ def write_report(config, workdir: str, rows: list[dict], selections: dict, init_
     """results.md (recipes table, then the λ sweeps), results.csv and the plots; returns the recipes table."""
     table = evaluation.markdown_table(evaluation.RECIPE_TABLE, rows)
     by_recipe = lambdas.sweeps_for_report(config, selections)
-    intro = ("ROUGE F1 ×100 with 95% bootstrap intervals; ΔL: paired bootstrap against task_only (one-sided "
-             f"in the observed direction, unadjusted). Scorer: {metrics.scorer_name(config.eval.tokenization)}. "
+    intro = ("ROUGE F1 ×100 with 95% bootstrap intervals; ΔL: recipe − task_only, with the two-sided paired "
+             f"bootstrap p and that p adjusted across the table ({config.eval.get('p_adjust', 'holm')}). One seed: "
+             f"differences are screening, not verdicts. Scorer: {metrics.scorer_name(config.eval.tokenization)}. "
              + lambdas.describe(config))
     evaluation.write_markdown(os.path.join(workdir, "results.md"), "Results", intro,
                               table + evaluation.sweep_section(by_recipe) + init_regime.markdown(init_report))
@@ -298,6 +300,7 @@ def check_config(config, workdir: str) -> None:
     path = os.path.join(workdir, "config.json")
     current = json.loads(config.to_json_best_effort(sort_keys=True))
     current.pop("distributed", None)  # how processes meet (a coordinator port) is not part of the experiment
+    current.pop("dry_run_chip", None)  # nor the chip a dry run compares memory against
     if not os.path.exists(path):
         atomic_write(path, lambda tmp: open(tmp, "w").write(json.dumps(current, indent=1, sort_keys=True)))
         return
@@ -326,6 +329,11 @@ def run(config, workdir: str, log=print) -> list[dict]:
 def run_one(config, workdir: str, log=print) -> list[dict]:
     """One seed of the experiment (`config.seed`) in `workdir`; returns the results rows."""
     lambdas.check(config)
+    for section in ("lang_train", "task_train"):  # bad training values stop the run before any stage
+        try:
+            config_lib.check_values(config[section])
+        except config_lib.ConfigError as e:
+            raise config_lib.ConfigError(f"{section}: {e}") from None
     workdir = os.path.abspath(require_local(workdir, why=LOCAL_ONLY))
     writer = jax.process_index() == 0  # process 0 holds the lock and writes; the others train with it
     with workdir_lock(workdir, hold=writer) as lock:
@@ -350,6 +358,7 @@ def run_one(config, workdir: str, log=print) -> list[dict]:
         for t in config.target_languages:
             selection = selections.get("source", selections.get(t))
             rows.extend(st.run(f"evaluate/{t}", lambda t=t, s=selection: evaluate_target(ctx, workdir, t, s)))
+        evaluation.adjust_table(rows, config.eval.get("p_adjust", "holm"))
         if writer:
             log("\n" + write_report(config, workdir, rows, selections, init_report))
         return rows
