@@ -116,10 +116,10 @@ def get_config(arg: str = ""):
     c.eval = ml_collections.ConfigDict()
     c.eval.n_validation = c.world.n_validation
     c.eval.n_test = c.world.n_test
-    c.eval.tokenization = "multilingual"  # multilingual | sentencepiece | default
+    c.eval.tokenization = "multilingual"  # xlsum (XL-Sum's official scorer) | multilingual | sentencepiece | default
     c.eval.spm_path = ""  # sentencepiece tokenization: the model to split with
     c.eval.bootstrap_samples = 1000
-    c.eval.p_adjust = "holm"  # over seeds: adjustment of the p-values across the table (holm | bh)
+    c.eval.p_adjust = "holm"  # adjustment of the p-values against task_only across a table (holm | bh)
     c.eval.alpha = 0.05  # over seeds: level of the better / worse verdicts (on adjusted p)
     c.dry_run_chip = "v4"  # launch/pipeline.py --dry_run: <chip>[:<devices>][@<GiB>], chip v4 | v5e | v5p | h100
 
