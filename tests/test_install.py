@@ -90,13 +90,14 @@ def test_every_optional_import_names_its_extra():
 
 def test_a_missing_extra_is_a_clear_error(monkeypatch):
     rouge = importlib.import_module("peft_jax.metrics.rouge")  # the package exports a function `rouge`
+    segmenters = importlib.import_module("peft_jax.metrics.segmenters")
     monkeypatch.setitem(sys.modules, "jieba", None)  # makes `import jieba` fail as if not installed
-    rouge._jieba.cache_clear()  # pylint: disable=protected-access
+    segmenters.jieba.cache_clear()
     try:
         with pytest.raises(extras.MissingExtraError, match=r'Chinese ROUGE.*pip install "peft_jax\[multilingual\]"'):
             rouge.segment_chinese("我们")
     finally:
-        rouge._jieba.cache_clear()  # pylint: disable=protected-access
+        segmenters.jieba.cache_clear()
 
 
 def test_a_broken_optional_package_keeps_its_own_error(monkeypatch):

@@ -187,6 +187,10 @@ def test_object_lock_of_a_silent_owner_expires_and_the_old_owner_learns_it_lost_
     new = _object_lock("gs://bucket/w", heartbeat=0.05, expiry=0.3)
     new.acquire()
     assert new.number == 1
+    # The new owner's heartbeat would rewrite its object while the old owner reads it: the mocked bucket
+    # writes files in place, where Cloud Storage replaces an object whole.
+    new._stop.set()
+    new._thread.join()
     old._stop.clear()
     old._beat()  # the old owner's next heartbeat finds the newer lock object
     with pytest.raises(fileio.WorkdirLockedError, match="lost its lock.*taken over by pid"):

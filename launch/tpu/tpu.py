@@ -116,7 +116,8 @@ def worker_argv(args, python: str) -> list[str]:
 
 def run(args) -> list[list[str]]:
     """Starts the command on all workers, detached (it survives the ssh session), output in per-worker logs."""
-    job = shlex.join(worker_argv(args, "../peft_jax_env/bin/python"))  # REMOTE_ENV seen from REMOTE_DIR
+    python = os.path.relpath(f"{REMOTE_ENV}/bin/python", REMOTE_DIR)  # the job runs in REMOTE_DIR
+    job = shlex.join(worker_argv(args, python))
     log = f"{REMOTE_LOGS}/worker-$W.log"
     # The braces put only the job in the background, so $W stays set for the message.
     command = (f"cd {REMOTE_DIR} && mkdir -p {REMOTE_LOGS} && W={WORKER_ID} && "

@@ -11,7 +11,6 @@ import math
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from peft_jax.models.errors import DecodeError
@@ -148,7 +147,7 @@ def check_attention(peft, batch) -> None:
     if trained is None:
         return
     prefix = batch.get("decoder_causal_attention") if isinstance(batch, dict) else None
-    given = "prefix" if prefix is not None and bool(jax.device_get(jnp.any(jnp.asarray(prefix)))) else "causal"
+    given = "prefix" if prefix is not None and bool(np.any(jax.device_get(prefix))) else "causal"
     if given != trained:
         raise DecodeError(f"the PEFT module was trained with {ATTENTION_KEY}={trained!r} but the batch is read "
                           f"with {given!r} attention over the prompt; build it with "

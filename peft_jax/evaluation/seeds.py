@@ -22,7 +22,7 @@ from typing import Sequence
 import numpy as np
 
 from peft_jax import metrics
-from peft_jax.metrics.multiple_testing import adjust_p_values
+from peft_jax.evaluation.scoring import adjust_table
 
 SUMMARY_CSV_COLUMNS = ("language", "recipe", "num_seeds", "num_examples", "rouge1_mean", "rouge1_std",
                        "rouge2_mean", "rouge2_std", "rougeL_mean", "rougeL_std", "rougeL_low", "rougeL_high",
@@ -74,7 +74,7 @@ def summarize(rows: Sequence[dict], *, p_adjust: str = "holm", alpha: float = 0.
     out = []
     for (lang, recipe), group in cells.items():
         row = {"language": lang, "recipe": recipe, "num_seeds": len(group), "num_examples": group[0]["num_examples"],
-               "lambda_protocol": group[0].get("lambda_protocol"), "p_adjust": p_adjust}
+               "lambda_protocol": group[0].get("lambda_protocol")}
         for key in ("rouge1", "rouge2", "rougeL"):
             row[key + "_mean"], row[key + "_std"] = _spread(group, key)
         _, row["rougeL_low"], row["rougeL_high"] = metrics.bootstrap_ci(_pooled(group), num_samples=bootstrap_samples,
@@ -84,7 +84,7 @@ def summarize(rows: Sequence[dict], *, p_adjust: str = "holm", alpha: float = 0.
             row.update(_compare(group, base, bootstrap_samples, seed))
         out.append(row)
     compared = [r for r in out if "p_value" in r]
-    for r, p in zip(compared, adjust_p_values([r["p_value"] for r in compared], p_adjust)):
-        r["p_adjusted"] = p
-        r["verdict"] = verdict(r.pop("seed_deltas"), p, alpha)
+    adjust_table(compared, p_adjust)
+    for r in compared:
+        r["verdict"] = verdict(r.pop("seed_deltas"), r["p_adjusted"], alpha)
     return out

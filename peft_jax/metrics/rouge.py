@@ -33,6 +33,8 @@ from rouge_score import rouge_scorer, tokenizers
 
 from peft_jax import extras, languages
 from peft_jax.metrics import segmenters, xlsum
+from peft_jax.metrics.segmenters import segment_japanese
+from peft_jax.metrics.xlsum_stemmers import MIN_STEM_LENGTH
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 TOKENIZATIONS = ("xlsum", "multilingual", "sentencepiece", "default")
@@ -45,8 +47,6 @@ SCORER_NAMES = {
     "sentencepiece": "ROUGE over SentencePiece pieces",
 }
 
-# Tokens of at most this many characters are never stemmed (XL-Sum, rouge_score).
-MAX_UNSTEMMED_LENGTH = 3
 
 # Snowball algorithms (PyStemmer) for table languages whose name differs from the algorithm.
 _SNOWBALL_ALIASES = {"serbian_cyrillic": "serbian", "serbian_latin": "serbian",
@@ -114,19 +114,11 @@ def segment_burmese(text: str) -> list[str]:
     return tokens
 
 
-# The cached loaders, under the names this module has always used.
-_jieba = segmenters.jieba
-_mecab = segmenters.mecab
-
-
 def segment_chinese(text: str) -> list[str]:
     """Chinese words by jieba (its default dictionary and HMM, as XL-Sum uses)."""
-    return [t for t in _jieba().cut(text) if t.strip()]
+    return [t for t in segmenters.jieba().cut(text) if t.strip()]
 
 
-def segment_japanese(text: str) -> list[str]:
-    """Japanese words by MeCab with UniDic-lite (XL-Sum uses MeCab with UniDic)."""
-    return _mecab().parse(text).split()
 
 
 def segment_thai(text: str) -> list[str]:
@@ -228,7 +220,7 @@ class MultilingualTokenizer:
         """Tokens of ``text`` after normalization, segmentation and stemming."""
         tokens = self._segment(normalize_text(text))
         if self._stemmer is not None:
-            tokens = [self._stemmer.stemWord(t) if len(t) > MAX_UNSTEMMED_LENGTH else t
+            tokens = [self._stemmer.stemWord(t) if len(t) > MIN_STEM_LENGTH else t
                       for t in tokens]
         return [t for t in tokens if t]
 

@@ -31,6 +31,11 @@ def mecab():
     return fugashi.Tagger(f'-O wakati -b 50000 -d "{unidic_lite.DICDIR}"')
 
 
+def segment_japanese(text: str) -> list[str]:
+    """Japanese words by MeCab with UniDic-lite (XL-Sum uses MeCab with UniDic)."""
+    return mecab().parse(text).split()
+
+
 def thai_word_tokenize() -> Callable[..., list[str]]:
     """PyThaiNLP's ``word_tokenize`` (its ``newmm`` engine ships its dictionary)."""
     return extras.require("pythainlp.tokenize", "Thai ROUGE segmentation").word_tokenize

@@ -176,12 +176,8 @@ def _segment_thai(text: str) -> list[str]:
     return segmenters.thai_word_tokenize()(text, engine="newmm")
 
 
-def _segment_japanese(text: str) -> list[str]:
-    return segmenters.mecab().parse(text).split()
-
-
 _SEGMENTERS: dict[str, Callable[[str], list[str]]] = {
-    "chinese": _segment_chinese, "thai": _segment_thai, "japanese": _segment_japanese,
+    "chinese": _segment_chinese, "thai": _segment_thai, "japanese": segmenters.segment_japanese,
     "burmese": segment_burmese,
 }
 

@@ -74,7 +74,16 @@ def hf_source(path: str) -> TensorSource:
 
 def _equal(source: TensorSource, a: str, b: str) -> bool:
     """Whether two tensors hold the same values, compared in blocks of rows (an embedding table can be
-    gigabytes; distinct tables differ in the first block)."""
+    gigabytes; distinct tables differ in the first block). Each pair is read once per load: the head and
+    input resolvers and the unused-tensor check ask about the same aliases."""
+    cache = source.__dict__.setdefault("_equal_pairs", {})
+    key = frozenset((a, b))
+    if key not in cache:
+        cache[key] = _compare(source, a, b)
+    return cache[key]
+
+
+def _compare(source: TensorSource, a: str, b: str) -> bool:
     x, y = source.get(a), source.get(b)
     if x.shape != y.shape:
         return False
@@ -184,7 +193,7 @@ def check_all_used(source: TensorSource, used: set[str], kind: str | None, hints
             left.discard(alias)
     if left:
         first = min(left, key=_natural)
-        raise CheckpointError(f"{source.get(first).where if first in source else source.path}: tensor {first!r} is "
+        raise CheckpointError(f"{source.tensors[first].where}: tensor {first!r} is "
                               f"not used by the model{hints.layer(first, beyond_only=True)}"
                               + (f"; {len(left) - 1} more unused: {sorted(left - {first}, key=_natural)[:5]}"
                                  if len(left) > 1 else ""))

@@ -93,7 +93,7 @@ def module_list(peft) -> list[PeftModule]:
 
 
 def _concrete(params) -> bool:
-    return not any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(params))
+    return all(families.base.is_concrete(x) for x in jax.tree.leaves(params))
 
 
 def check_fit(params, peft, *, fingerprints: bool = True) -> None:

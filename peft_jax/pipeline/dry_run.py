@@ -30,7 +30,7 @@ import time
 
 import jax
 
-from peft_jax.fileio import atomic_write
+from peft_jax.fileio import write_text
 from peft_jax.pipeline import dry_run_stages, experiment, lambdas
 
 GIB = 2 ** 30
@@ -155,7 +155,7 @@ def table(rows: list[dict], target: Target) -> str:
     return "\n".join(lines)
 
 
-def _report(config, target: Target, rows: list[dict]) -> str:
+def _report(target: Target, rows: list[dict]) -> str:
     stages = "\n".join(f"- `{r['stage']}`: {r['what']}" for r in rows)
     return (f"# Dry run: per-device memory\n\n{target.devices} simulated devices, checked against "
             f"{CHIPS[target.chip].name} ({target.hbm_gib:g} GiB HBM per device). GiB per device from XLA's "
@@ -185,13 +185,11 @@ def run(config, workdir: str, log=print) -> list[dict]:
     for stage in stages:
         rows.append(memory_row(stage, target.hbm_gib))
         log(f"compiled {stage.name} in {rows[-1]['compile_seconds']:.0f} s: {stage.what}")
-    report = _report(config, target, rows)
+    report = _report(target, rows)
     os.makedirs(workdir, exist_ok=True)
-    atomic_write(os.path.join(workdir, "dry_run.md"), lambda t: open(t, "w", encoding="utf-8").write(report),
-                 overwrite=True)
-    payload = json.dumps({"target": dataclasses.asdict(target), "rows": rows}, indent=1)
-    atomic_write(os.path.join(workdir, "dry_run.json"), lambda t: open(t, "w", encoding="utf-8").write(payload),
-                 overwrite=True)
+    write_text(os.path.join(workdir, "dry_run.md"), report)
+    write_text(os.path.join(workdir, "dry_run.json"),
+               json.dumps({"target": dataclasses.asdict(target), "rows": rows}, indent=1))
     log("\n" + report)
     failing = [r["stage"] for r in rows if not r["fits"]]
     if failing:

@@ -260,7 +260,7 @@ def evaluate_target(ctx: Context, workdir: str, target: str, selection: dict | N
 def write_report(config, workdir: str, rows: list[dict], selections: dict, init_report: dict) -> str:
     """results.md (recipes table, then the λ sweeps), results.csv and the plots; returns the recipes table."""
     table = evaluation.markdown_table(evaluation.RECIPE_TABLE, rows)
-    by_recipe = lambdas.sweeps_for_report(config, selections)
+    by_recipe = lambdas.sweeps_for_report(selections)
     intro = ("ROUGE F1 ×100 with 95% bootstrap intervals; ΔL: recipe − task_only, with the two-sided paired "
              f"bootstrap p and that p adjusted across the table ({config.eval.get('p_adjust', 'holm')}). One seed: "
              f"differences are screening, not verdicts. Scorer: {metrics.scorer_name(config.eval.tokenization)}. "

@@ -144,7 +144,7 @@ def chosen(config, selection: dict | None, recipe: str) -> float | None:
     return selection[recipe]["best"]
 
 
-def sweeps_for_report(config, selections: dict) -> dict[str, dict[str, list[tuple[float, float]]]]:
+def sweeps_for_report(selections: dict) -> dict[str, dict[str, list[tuple[float, float]]]]:
     """{recipe: {language: [(λ, validation ROUGE-L)]}} for the sweep tables and plot.
 
     `selections` is {target: selection} (target_oracle) or {"source": selection} (source_validation,

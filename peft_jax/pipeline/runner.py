@@ -4,7 +4,8 @@ A stage's marker (`<workdir>/stages/<name>.json`) is written atomically after
 the stage's outputs, so a run killed mid-stage redoes only that stage (whose
 own checkpoints may let it resume further). `workdir_lock` (from `peft_jax.fileio`)
 refuses a second run on the same workdir while the first is alive. Markers are
-read and written through `etils.epath`, so a gs:// workdir keeps them in the bucket.
+read and written through `etils.epath`; the pipeline itself still needs a local
+(or shared) workdir (`experiment.run` refuses gs://, see docs/remote_workdirs.md).
 
 In a multi-process run every process calls the same stages in the same order. Process 0 alone
 holds the lock and writes markers; whether a stage is done, and its result, are process 0's,

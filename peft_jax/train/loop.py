@@ -70,11 +70,6 @@ class Phase:
 
 
 # ------------------------------------------------------------------------------------ setup
-def initialize_distributed(cfg) -> None:
-    """Joins the other processes as the config's `distributed` section says (see `peft_jax.distributed`)."""
-    distributed.initialize(cfg)
-
-
 def check_workdir(workdir: str) -> str:
     """Creates `workdir` if needed and proves it is writable; its absolute path or its gs:// URL.
 
@@ -356,7 +351,7 @@ def train(config, workdir: str, *, hooks: Sequence[Hook] = (),
     Raises NonFiniteLossError (naming the step) on a NaN/Inf loss or parameter, keeping the last good
     checkpoint, and ResumeError when the workdir's checkpoints cannot be continued with this config.
     """
-    initialize_distributed(config.distributed)
+    distributed.initialize(config.distributed)  # joins the other processes (see peft_jax.distributed)
     workdir = check_workdir(workdir)
     with workdir_lock(workdir, hold=jax.process_index() == 0, kind="training run") as lock:
         return _train(config, workdir, hooks, train_iter, lock.check if lock else (lambda: None))

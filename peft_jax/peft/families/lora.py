@@ -232,7 +232,7 @@ class LoraFamily(Family):
         return cfg.scaling * ((x @ a) @ b)
 
     def fold(self, w, node, config, sign):
-        return w + sign * config.scaling * (node["lora_a"] @ node["lora_b"])
+        return w + sign * lora_delta(node, config.scaling)
 
     def matrix_shape(self, node, size):
         return node["lora_a"].shape[-2], node["lora_b"].shape[-1]
