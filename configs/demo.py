@@ -39,6 +39,9 @@ def get_config(arg: str = ""):
     # arithmetic then approximates exact ΔW arithmetic); False: a seed per module stage derived from
     # `seed` and the stage name. results.md reports A's drift and the param-vs-exact gap either way.
     c.shared_init = True
+    # How many modules of one kind (languages × seeds) train together in one jitted step over a module axis,
+    # reading the base once for all of them (peft_jax/pipeline/modules.py); 0: all of a kind, 1: one by one.
+    c.modules_per_step = 0
     c.source_language = "syn_en"  # the labeled source language (task module trained here)
     c.target_languages = ("syn_wes", "syn_mod", "syn_eos")  # zero-shot targets: no training labels
     c.labeled_languages = ("syn_en", "syn_mid", "syn_eas")  # task modules (multi-source uses the related ones)

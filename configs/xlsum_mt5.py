@@ -127,6 +127,8 @@ def get_config(arg: str = ""):
     c.eval.n_test = 4 if runlocal else 100_000
     c.eval.tokenization = "xlsum"  # XL-Sum's official ROUGE, comparable with published numbers
     c.eval.bootstrap_samples = 200 if runlocal else 1000
+    # At full size one module's step already fills the accelerator (see --dry_run): modules train one by one.
+    c.modules_per_step = 0 if runlocal else 1
     # c.distributed (from configs/demo.py): --config.distributed.enabled=True on multi-host TPU slices
     return c
 

@@ -9,6 +9,7 @@ import os
 import sys
 
 from absl import app, flags, logging
+from etils import epath
 from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -17,7 +18,8 @@ from peft_jax import cli, distributed, evaluate  # noqa: E402
 from peft_jax.train import config_lib  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Evaluation config, e.g. configs/evaluate.py:runlocal")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for predictions/, results.{md,csv,png}, config.json.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory (or gs:// URL) for predictions/, results.{md,csv,png}, "
+                                "config.json.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -34,8 +36,7 @@ def _evaluate(config, workdir: str) -> None:
     """Evaluates on process 0 and prints results.md (the other processes of a multi-host run wait)."""
     rows = distributed.run_on_process_zero(config.distributed, lambda: evaluate.evaluate(config, workdir))
     if rows is not None:
-        with open(os.path.join(workdir, "results.md"), encoding="utf-8") as f:
-            print(f.read())
+        print(epath.Path(workdir, "results.md").read_text())
 
 
 if __name__ == "__main__":

@@ -9,6 +9,9 @@ Writes to `workdir`:
   results.png                    ROUGE-L per language with its interval
   config.json                    the configuration that produced them
 
+`workdir` may be a local directory or a `gs://` URL, and so may the module files, the tokenizer,
+a native base checkpoint and the XL-Sum directory (read through `etils.epath`).
+
 Everything is deterministic for a given config: decoding is greedy or beam search
 (or sampling from `decode.seed`), and the bootstrap is seeded. Decoding, scoring and the
 writers are `peft_jax.evaluation`'s, shared with the pipeline.
@@ -24,7 +27,7 @@ from absl import logging
 
 from peft_jax import data, evaluation, languages, metrics
 from peft_jax import peft as peft_lib
-from peft_jax.fileio import require_local
+from peft_jax.fileio import workdir_path, write_text
 from peft_jax.models import get_model, load_pretrained
 
 CSV_COLUMNS = evaluation.SYSTEM_CSV_COLUMNS
@@ -102,22 +105,20 @@ def write_results(workdir: str, rows: Sequence[dict], config) -> None:
     evaluation.write_csv(os.path.join(workdir, "results.csv"), rows, CSV_COLUMNS)
     evaluation.bar_plot(rows, os.path.join(workdir, "results.png"), series="system",
                         title=f"{system} (95% bootstrap interval)")
-    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-        f.write(config.to_json(indent=1, sort_keys=True) + "\n")
+    write_text(os.path.join(workdir, "config.json"), config.to_json(indent=1, sort_keys=True) + "\n")
 
 
 # -------------------------------------------------------------------------- main
 def evaluate(config, workdir: str) -> list[dict]:
     """Decodes and scores every language of the config; writes predictions, tables and the plot; returns rows."""
     names = check_config(config)
-    workdir = require_local(workdir)
+    workdir = os.fspath(workdir_path(workdir))  # refuses an empty path and a URL without a file-system backend
     tok = data.load_tokenizer(config.data.tokenizer, extra_ids=config.data.extra_ids)
     model, params = load_base(config.base, tok)
     modules = load_modules(config.modules, params)
     decoder = evaluation.Decoder.from_config(model, params, tok, config.decode, eos_id=tok.eos_id)
     scoring = scoring_settings(config.eval)
     system = system_name(config)
-    os.makedirs(os.path.join(workdir, "predictions"), exist_ok=True)
     rows = []
     for language in names:
         examples = evaluation.read_examples(config.data.xlsum_dir, language, config.data.split,

@@ -17,8 +17,11 @@ import contextlib
 import dataclasses
 import errno
 import fcntl
+import glob as glob_lib
+import hashlib
 import json
 import os
+import pathlib
 import socket
 import tempfile
 import threading
@@ -167,11 +170,8 @@ def probe_writable(path: epath.Path, what: str = "workdir") -> None:
 
 
 def files_under(directory: epath.Path) -> list[str]:
-    """Every file below `directory`, as '/'-separated paths relative to it, sorted.
-
-    Walks with `iterdir`, which every epath backend implements the same way (fsspec's `walk` returns
-    bucket-relative roots without their scheme).
-    """
+    """Every file below `directory`, as '/'-separated paths relative to it, sorted (by `iterdir`, which every
+    epath backend implements alike: fsspec's `walk` returns bucket-relative roots without their scheme)."""
     out = []
     for child in directory.iterdir():
         if child.is_dir():
@@ -182,16 +182,62 @@ def files_under(directory: epath.Path) -> list[str]:
 
 
 def read_json_beside(config_path: str, other_paths: tuple[str, ...], error: type[Exception], expected: str) -> dict:
-    """The JSON object at `config_path`, once it and `other_paths` are all present.
-
-    A missing file raises `error` naming it and what was `expected` there (e.g. "an HF peft adapter
-    directory"), before anything is read.
-    """
+    """The JSON object at `config_path` (local or remote), once it and `other_paths` are all present; a missing
+    file raises `error` naming it and what was `expected` there (e.g. "an HF peft adapter directory")."""
     for p in (config_path, *other_paths):
-        if not os.path.isfile(p):
+        if not epath.Path(p).is_file():
             raise error(f"{p}: missing (expected {expected})")
-    with open(config_path, encoding="utf-8") as f:
-        return json.load(f)
+    return read_json(config_path)
+
+
+def glob(pattern: str) -> list[str]:
+    """The paths matching a glob pattern, sorted: local (`glob.glob`) or remote (`gs://b/text/*.txt`)."""
+    if not is_remote(pattern):
+        return sorted(glob_lib.glob(pattern))
+    parts = pattern.split("/")
+    first = next((i for i, part in enumerate(parts) if glob_lib.has_magic(part)), len(parts))
+    root = epath.Path("/".join(parts[:first]))
+    return sorted(os.fspath(p) for p in root.glob("/".join(parts[first:])))
+
+
+@contextlib.contextmanager
+def local_path(path: str | os.PathLike, upload: bool = False) -> Iterator[str]:
+    """`path` as a local path, for code that reads and writes only local files (SentencePiece, transformers).
+
+    A local `path` is yielded as it is; a remote one becomes a temporary local copy with the same name (a file
+    or a directory tree; nothing if absent). upload=True uploads the files new or changed there at the end.
+    """
+    if not is_remote(path):
+        yield os.fspath(path)
+        return
+    remote = epath.Path(os.fspath(path))
+    with tempfile.TemporaryDirectory() as tmp:
+        local = os.path.join(tmp, remote.name)
+        before = _download(remote, local)
+        yield local
+        if upload:
+            for name, data in _local_files(local).items():
+                if before.get(name) != hashlib.sha256(data).hexdigest():
+                    write_bytes(remote / name if name else remote, data)
+
+
+def _download(remote: epath.Path, local: str) -> dict[str, str]:
+    """Copies the file or tree `remote` to `local`; {relative name ('' for a file): sha256} of what came."""
+    digests = {}
+    for name in files_under(remote) if remote.is_dir() else [""] if remote.exists() else []:
+        data = (remote / name if name else remote).read_bytes()
+        target = pathlib.Path(local, name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+        digests[name] = hashlib.sha256(data).hexdigest()
+    return digests
+
+
+def _local_files(local: str) -> dict[str, bytes]:
+    """{relative name ('' for a file): bytes} of the file or tree at `local`."""
+    files = [local] if os.path.isfile(local) else [os.path.join(d, f) for d, _, names in os.walk(local) for f in names]
+    return {"" if f == local else os.path.relpath(f, local).replace(os.sep, "/"): pathlib.Path(f).read_bytes()
+            for f in files}
 
 
 # ------------------------------------------------------------------------------------ the lock

@@ -76,3 +76,26 @@ def _cfg_pipeline_lr(tmp):
     config = _demo()
     config.task_train.optimizer.learning_rate = float("nan")
     return expect(config_lib.ConfigError, experiment.run_one, config, str(tmp / "w"))
+
+
+@case("config", "`launch/pipeline.py --workdir=gs://...` without a gs:// backend (gcsfs) installed")
+def _cfg_pipeline_gs_without_backend(tmp):
+    from test_remote_workdir import no_gs_backend
+
+    from peft_jax.fileio import WorkdirError
+    from peft_jax.pipeline import experiment
+
+    with no_gs_backend():
+        return expect(WorkdirError, experiment.run, _demo(), "gs://bucket/run")
+
+
+@case("config", "`launch/evaluate.py --workdir=gs://...` without a gs:// backend (gcsfs) installed")
+def _cfg_evaluate_gs_without_backend(tmp):
+    from test_remote_workdir import no_gs_backend
+
+    from peft_jax import evaluate
+    from peft_jax.fileio import WorkdirError
+
+    with no_gs_backend():
+        return expect(WorkdirError, evaluate.evaluate, _config_module("evaluate").get_config("runlocal"),
+                      "gs://bucket/eval")

@@ -3,7 +3,6 @@
 import ast
 import dataclasses
 import errno
-import importlib.util
 import os
 import pathlib
 import subprocess
@@ -63,35 +62,6 @@ def test_workdir_error_is_one_class_caught_as_os_and_value_error(tmp_path):
             pass
     with pytest.raises(ValueError, match="not writable"):
         loop.check_workdir(str(blocker / "run"))
-
-
-
-def _evaluate_runlocal_config():
-    spec = importlib.util.spec_from_file_location("_eval_cfg", ROOT / "configs" / "evaluate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config("runlocal")
-
-
-def _demo_runlocal_config():
-    spec = importlib.util.spec_from_file_location("_demo_cfg", ROOT / "configs" / "demo.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config("runlocal")
-
-
-@pytest.mark.parametrize("entry", ["pipeline", "evaluate"])
-def test_entry_points_with_local_only_stages_refuse_remote_workdirs_instead_of_making_local_folders(
-        entry, tmp_path, monkeypatch):
-    from peft_jax import evaluate
-    from peft_jax.pipeline import experiment
-
-    monkeypatch.chdir(tmp_path)
-    calls = {"pipeline": lambda: experiment.run(_demo_runlocal_config(), "gs://bucket/run"),
-             "evaluate": lambda: evaluate.evaluate(_evaluate_runlocal_config(), "gs://bucket/run")}
-    with pytest.raises(fileio.WorkdirError, match=r"'gs://bucket/run': remote gs:// paths are not supported here"):
-        calls[entry]()
-    assert list(tmp_path.iterdir()) == []  # no local ./gs:/bucket/run was made
 
 
 _HOLDER = """

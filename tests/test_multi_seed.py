@@ -78,17 +78,20 @@ def _demo(**overrides):
 
 
 def test_two_seeds_run_one_seed_each_on_the_first_seeds_base_and_write_the_summary(tmp_path):
-    """multi_seed.run around a stand-in one-seed run that records its configs and returns scored rows."""
+    """multi_seed.run around a stand-in run of the seeds that records their configs and returns scored rows."""
     seen = []
 
-    def run_one(config, workdir, log):
-        seen.append((config.seed, tuple(config.seeds), config.base.checkpoint, config.tokenizer.path, workdir))
-        return [r for r in _rows() if r["language"] == "syn_a" and r["seed"] == 0]
+    def run_seeds(plan, log):
+        seen.extend((s, config.seed, tuple(config.seeds), config.base.checkpoint, config.tokenizer.path, workdir)
+                    for s, config, workdir in plan)
+        return [{"rows": [r for r in _rows() if r["language"] == "syn_a" and r["seed"] == 0],
+                 "sweeps": {"analogy": {"syn_a": [(0.5, 0.1 + 0.02 * i), (1.0, 0.2 - 0.04 * i)]}}}
+                for i, _ in enumerate(plan)]
 
-    rows = multi_seed.run(_demo(seeds=(0, 5)), str(tmp_path), run_one, log=lambda _: None)
+    rows = multi_seed.run(_demo(seeds=(0, 5)), str(tmp_path), run_seeds, log=lambda _: None)
     first = str(tmp_path / "seed_0")
-    assert seen == [(0, (), "", "", first),
-                    (5, (), f"{first}/base", f"{first}/tokenizer.model", str(tmp_path / "seed_5"))]
+    assert seen == [(0, 0, (), "", "", first),
+                    (5, 5, (), f"{first}/base", f"{first}/tokenizer.model", str(tmp_path / "seed_5"))]
     assert sorted({r["seed"] for r in rows}) == [0, 5]
     with open(tmp_path / "results.csv", encoding="utf-8") as f:
         per_seed = list(csv.DictReader(f))
@@ -102,6 +105,9 @@ def test_two_seeds_run_one_seed_each_on_the_first_seeds_base_and_write_the_summa
     md = (tmp_path / "results.md").read_text(encoding="utf-8")
     assert "2 seeds (0, 5)" in md and "λ protocol: target_oracle" in md and "## Per seed" in md
     assert (tmp_path / "results_by_language.png").stat().st_size > 0
+    # λ sweeps over seeds: mean ± sample std of (10, 12) and (20, 16) ROUGE-L ×100, and their plot.
+    assert "| syn_a | 11.0 ± 1.4 | 18.0 ± 2.8 |" in md and "each seed's chosen λ" in md
+    assert (tmp_path / "lambda_sweep.png").stat().st_size > 0
     with pytest.raises(ValueError, match="seeds must be distinct integers"):
         experiment.run(_demo(seeds=(1, 1)), str(tmp_path / "again"), log=lambda _: None)
 

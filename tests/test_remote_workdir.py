@@ -11,6 +11,7 @@ unchanged. So every byte a run writes, arrays included, lands in the mocked buck
 not cover is the network (retries, latency, credentials) and Cloud Storage's own consistency.
 """
 
+import contextlib
 import os
 import pathlib
 import shutil
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+from unittest import mock
 
 import fsspec
 import jax
@@ -119,20 +121,28 @@ def test_killed_training_run_on_gs_resumes_there_to_the_params_of_a_local_run(fa
     assert not [p for p in store.iterdir() if p.name.startswith(".lock")]  # released
 
 
-def test_gs_workdir_without_a_backend_is_a_clear_error_and_makes_no_local_folder(tmp_path, monkeypatch):
-    monkeypatch.setenv("EPATH_USE_TF", "false")
-    monkeypatch.setitem(sys.modules, "gcsfs", None)  # not installed (whatever this machine has)
-    for protocol in ("gs", "gcs"):
-        monkeypatch.delitem(_FSSPEC_REGISTRY, protocol, raising=False)
+@contextlib.contextmanager
+def no_gs_backend():
+    """gs:// without gcsfs (or TensorFlow), whatever this machine has installed."""
+    saved = {p: _FSSPEC_REGISTRY.pop(p) for p in ("gs", "gcs") if p in _FSSPEC_REGISTRY}
     epath_backend._FileSystemSpecBackend._get_filesystem.cache_clear()
+    try:
+        with mock.patch.dict(os.environ, {"EPATH_USE_TF": "false"}), mock.patch.dict(sys.modules, {"gcsfs": None}):
+            yield
+    finally:
+        _FSSPEC_REGISTRY.update(saved)
+        epath_backend._FileSystemSpecBackend._get_filesystem.cache_clear()
+
+
+def test_gs_workdir_without_a_backend_is_a_clear_error_and_makes_no_local_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    for call in (lambda: loop.check_workdir("gs://bucket/run"), lambda: fileio.workdir_lock("gs://b/r").__enter__()):
-        with pytest.raises(fileio.WorkdirError, match=r"no file-system backend for gs:// is installed.*pip install gcsfs"):
-            call()
+    with no_gs_backend():
+        for call in (lambda: loop.check_workdir("gs://bucket/run"), lambda: fileio.workdir_lock("gs://b/r").__enter__()):
+            with pytest.raises(fileio.WorkdirError, match=r"no file-system backend for gs:// is installed.*pip install gcsfs"):
+                call()
     with pytest.raises(fileio.WorkdirError, match=r"ftp:// is not a supported storage scheme"):
         fileio.workdir_path("ftp://host/run")
     assert list(tmp_path.iterdir()) == []
-    epath_backend._FileSystemSpecBackend._get_filesystem.cache_clear()
 
 
 def test_gs_checkpoints_without_google_cloud_storage_are_a_clear_error(fake_gcs, monkeypatch):

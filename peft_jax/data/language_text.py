@@ -22,14 +22,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import pathlib
 from collections.abc import Sequence
+
+from etils import epath
 
 from peft_jax import languages
 from peft_jax.data.decontaminate import MIN_SENTENCE_CHARS, Decontaminator, xlsum_reference_texts
 from peft_jax.data.script_filter import ScriptFilter
 from peft_jax.data.sources import DataError, EmptySplitError, text_lines
-from peft_jax.fileio import atomic_write
+from peft_jax.fileio import atomic_write, write_text
 
 TEXT_FILE = "text.txt"
 REPORT_FILE = "data_report.json"
@@ -97,7 +98,7 @@ def _filter_text(stream, script: ScriptFilter, clean: Decontaminator, report: Te
 def prepare_language_text(language: str | languages.Language, paths: str | os.PathLike | Sequence[str | os.PathLike],
                           out_dir: str | os.PathLike, *, xlsum_dir: str | os.PathLike | None = None,
                           max_kept: int | None = None, min_sentence_chars: int = MIN_SENTENCE_CHARS,
-                          on_bad_utf8: str = "fail") -> pathlib.Path:
+                          on_bad_utf8: str = "fail") -> epath.Path:
     """Writes ``out_dir/text.txt`` (kept documents, one a line) and ``out_dir/data_report.json``; returns the text file.
 
     Args:
@@ -116,7 +117,7 @@ def prepare_language_text(language: str | languages.Language, paths: str | os.Pa
       DataError: unreadable input, e.g. a plain-text file holding JSON records.
     """
     lang = languages.resolve(language)
-    out_dir = pathlib.Path(out_dir)
+    out_dir = epath.Path(out_dir)  # local or remote (`gs://`): the writes below are whole-file either way
     text_file, report_file = out_dir / TEXT_FILE, out_dir / REPORT_FILE
     if text_file.is_file() and report_file.is_file():  # written last: the text before it is complete
         return text_file
@@ -139,6 +140,5 @@ def prepare_language_text(language: str | languages.Language, paths: str | os.Pa
                "files": [str(p) for p in stream.paths], "script": script.script,
                "han_variant": script.han_variant, "reference_sentences": len(clean.keys),
                "min_sentence_chars": min_sentence_chars}
-    atomic_write(report_file, lambda tmp: pathlib.Path(tmp).write_text(
-        json.dumps({lang.name: details}, indent=1, ensure_ascii=False), encoding="utf-8"), overwrite=True)
+    write_text(report_file, json.dumps({lang.name: details}, indent=1, ensure_ascii=False))
     return text_file

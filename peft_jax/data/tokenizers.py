@@ -21,8 +21,9 @@ import pathlib
 from collections.abc import Iterable, Sequence
 
 import sentencepiece as spm
+from etils import epath
 
-from peft_jax import extras
+from peft_jax import extras, fileio
 
 SENTINEL_FORMAT = "<extra_id_{}>"
 
@@ -239,14 +240,18 @@ def load_tokenizer(path: str | os.PathLike, extra_ids: int = 0, *, pad_id: int |
         ``<extra_id_i>`` pieces (100 for the mT5 and T5 vocabularies).
       pad_id: overrides the pad id (by default: the model's pad, else unk, else eos).
 
+    A remote ``path`` (``gs://...``) is read through a local copy (SentencePiece and transformers read
+    local files only); the tokenizer keeps the remote name.
+
     Raises:
       FileNotFoundError: ``path`` does not exist.
       TokenizerFileError: the file is not a SentencePiece model / loadable tokenizer.
     """
+    if fileio.is_remote(path):
+        return _load_remote(os.fspath(path), extra_ids, pad_id)
     path = pathlib.Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"tokenizer {str(path)!r} not found (expected a SentencePiece .model file "
-                                f"or a Hugging Face tokenizer directory)")
+        raise _not_found(path)
     if path.is_dir():
         hf_files = [n for n in ("tokenizer.json", "tokenizer_config.json") if (path / n).is_file()]
         sp_files = [path / n for n in ("spiece.model", "tokenizer.model", "sentencepiece.model")
@@ -258,6 +263,24 @@ def load_tokenizer(path: str | os.PathLike, extra_ids: int = 0, *, pad_id: int |
                                      f"nor a SentencePiece model (spiece.model, tokenizer.model)")
         return _load_huggingface(path, extra_ids, pad_id)
     return _load_sentencepiece(path, extra_ids, pad_id)
+
+
+def _not_found(path) -> FileNotFoundError:
+    return FileNotFoundError(f"tokenizer {str(path)!r} not found (expected a SentencePiece .model file "
+                             f"or a Hugging Face tokenizer directory)")
+
+
+def _load_remote(path: str, extra_ids: int, pad_id: int | None) -> Tokenizer:
+    """`load_tokenizer` of a remote file or directory, through a temporary local copy."""
+    if not epath.Path(path).exists():
+        raise _not_found(path)
+    with fileio.local_path(path) as local:
+        try:
+            tok = load_tokenizer(local, extra_ids, pad_id=pad_id)
+        except TokenizerFileError as err:
+            raise TokenizerFileError(str(err).replace(local, path)) from None
+    tok.name = path
+    return tok
 
 
 def train_sentencepiece(texts: Iterable[str], output_prefix: str | os.PathLike, vocab_size: int,
@@ -275,7 +298,7 @@ def train_sentencepiece(texts: Iterable[str], output_prefix: str | os.PathLike, 
     narrow no-break space to a space; ``identity`` makes every text round-trip exactly.
 
     Returns:
-      The path of the written ``.model`` file.
+      The path of the written ``.model`` file (``output_prefix`` may be remote, ``gs://...``).
     """
     if model_type not in ("unigram", "bpe", "char", "word"):
         raise ValueError(f"model_type must be unigram, bpe, char or word, got {model_type!r}")
@@ -292,7 +315,6 @@ def train_sentencepiece(texts: Iterable[str], output_prefix: str | os.PathLike, 
         byte_fallback=byte_fallback, character_coverage=character_coverage, normalization_rule_name=normalization,
         max_sentence_length=max_sentence_length, input_sentence_size=input_sentence_size,
         shuffle_input_sentence=False, hard_vocab_limit=False, num_threads=1, minloglevel=2)
-    path = pathlib.Path(f"{output_prefix}.model")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(model.getvalue())
+    path = epath.Path(f"{os.fspath(output_prefix)}.model")
+    fileio.write_bytes(path, model.getvalue())
     return path

@@ -1,17 +1,29 @@
 """Results plots: ROUGE bars with bootstrap intervals per language, and validation scores against λ.
 
 Figures are drawn without pyplot, so a caller's backend (e.g. a notebook's) is left alone, and saved
-without a version stamp, so identical runs write identical files.
+without a version stamp, so identical runs write identical files; they are rendered into a buffer and
+written whole, to a local path or a `gs://` URL.
 """
 
 from __future__ import annotations
 
+import io
+import os
 from typing import Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
 
+from peft_jax.fileio import write_bytes
+
 _SAVE = dict(dpi=120, metadata={"Software": None})
+
+
+def save_figure(fig: Figure, path: str) -> None:
+    """Writes `fig` to `path` in the format its extension names (png, pdf, svg), locally or remotely."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=os.path.splitext(os.fspath(path))[1].lstrip(".") or "png", **_SAVE)
+    write_bytes(path, buffer.getvalue())
 
 
 def bar_plot(rows: Sequence[dict], path: str, series: str, title: str, metric: str = "rougeL") -> None:
@@ -34,7 +46,7 @@ def bar_plot(rows: Sequence[dict], path: str, series: str, title: str, metric: s
     if len(names) > 1:
         ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    fig.savefig(path, **_SAVE)
+    save_figure(fig, path)
 
 
 def _bars(rows: Sequence[dict | None], metric: str) -> tuple[np.ndarray, np.ndarray]:
@@ -46,14 +58,21 @@ def _bars(rows: Sequence[dict | None], metric: str) -> tuple[np.ndarray, np.ndar
 
 
 def sweep_plot(sweeps: dict[str, dict[str, Sequence[tuple[float, float]]]], path: str, ylabel: str) -> None:
-    """One panel per recipe: validation score against λ, one line per language; chosen λ marked."""
+    """One panel per recipe: validation score against λ, one line per language; chosen λ marked.
+
+    Points are (λ, score) or, over seeds, (λ, mean, std): the band is mean ± std.
+    """
     recipes = list(sweeps)
     fig = Figure(figsize=(4.2 * max(1, len(recipes)), 3.4))
     axes = fig.subplots(1, max(1, len(recipes)), squeeze=False)
     for ax, recipe in zip(axes[0], recipes):
         for lang, points in sorted(sweeps[recipe].items()):
-            xs, ys = zip(*points)
-            line, = ax.plot(xs, [100 * y for y in ys], marker="o", label=lang)
+            xs, ys = [p[0] for p in points], [100 * p[1] for p in points]
+            line, = ax.plot(xs, ys, marker="o", label=lang)
+            if len(points[0]) == 3:
+                spread = [100 * p[2] for p in points]
+                ax.fill_between(xs, [y - e for y, e in zip(ys, spread)], [y + e for y, e in zip(ys, spread)],
+                                color=line.get_color(), alpha=0.2, linewidth=0)
             best = max(points, key=lambda p: p[1])
             ax.plot([best[0]], [100 * best[1]], marker="*", markersize=12, color=line.get_color())
         ax.set_title(recipe)
@@ -61,4 +80,4 @@ def sweep_plot(sweeps: dict[str, dict[str, Sequence[tuple[float, float]]]], path
         ax.set_ylabel(ylabel)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, **_SAVE)
+    save_figure(fig, path)

@@ -88,3 +88,21 @@ def summarize(rows: Sequence[dict], *, p_adjust: str = "holm", alpha: float = 0.
     for r in compared:
         r["verdict"] = verdict(r.pop("seed_deltas"), r["p_adjusted"], alpha)
     return out
+
+
+def sweep_spread(per_seed: Sequence[dict]) -> dict[str, dict[str, list[tuple[float, float, float]]]]:
+    """{recipe: {language: [(λ, mean, std)]}} over seeds from each seed's {recipe: {language: [(λ, score)]}}.
+
+    A (recipe, language) sweep enters only where every seed has it, on the same λ grid.
+    """
+    out: dict[str, dict] = {}
+    for recipe, per_language in (per_seed[0] if per_seed else {}).items():
+        for lang, points in per_language.items():
+            runs = [s.get(recipe, {}).get(lang) for s in per_seed]
+            if any(r is None or [lam for lam, _ in r] != [lam for lam, _ in points] for r in runs):
+                continue
+            scores = np.array([[v for _, v in r] for r in runs], np.float64)
+            std = scores.std(axis=0, ddof=1) if len(runs) > 1 else np.zeros(scores.shape[1])
+            out.setdefault(recipe, {})[lang] = [(lam, float(m), float(s)) for (lam, _), m, s
+                                                in zip(points, scores.mean(axis=0), std)]
+    return out

@@ -6,6 +6,7 @@ Rows are the dicts of `scoring.Scoring.score` plus the caller's labels. Two layo
   recipe table   several composition recipes per language (the pipeline): ROUGE ×100 to 1 decimal,
                  the chosen λ, the paired-bootstrap ΔL against task_only
 and the λ-sweep table of the pipeline (validation ROUGE-L per λ and language).
+Every file is written whole (`fileio.write_text`), to a local path or a `gs://` URL.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import csv
 import io
 import json
 from typing import Callable, Sequence
+
+from peft_jax.fileio import write_text
 
 # A Markdown column: its header and the cell text of a row.
 Column = tuple[str, Callable[[dict], str]]
@@ -39,8 +42,7 @@ def csv_text(rows: Sequence[dict], columns: Sequence[str]) -> str:
 
 
 def write_csv(path: str, rows: Sequence[dict], columns: Sequence[str]) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(csv_text(rows, columns))
+    write_text(path, csv_text(rows, columns))
 
 
 def markdown_table(columns: Sequence[Column], rows: Sequence[dict]) -> str:
@@ -56,17 +58,15 @@ def _markdown_line(cells) -> str:
 
 def write_markdown(path: str, title: str, intro: str, body: str) -> None:
     """A document: `# title`, an introductory paragraph, then `body` (tables, sections)."""
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(f"# {title}\n\n{intro}\n\n{body}")
+    write_text(path, f"# {title}\n\n{intro}\n\n{body}")
 
 
 def write_predictions(path: str, examples: Sequence[dict], predictions: Sequence[str],
                       lengths: Sequence[int]) -> None:
     """JSON lines: id, prediction, reference (the gold summary), num_tokens."""
-    with open(path, "w", encoding="utf-8") as f:
-        for ex, pred, n in zip(examples, predictions, lengths):
-            f.write(json.dumps({"id": ex["id"], "prediction": pred, "reference": ex["summary"], "num_tokens": n},
-                               ensure_ascii=False) + "\n")
+    write_text(path, "".join(json.dumps({"id": ex["id"], "prediction": pred, "reference": ex["summary"],
+                                         "num_tokens": n}, ensure_ascii=False) + "\n"
+                             for ex, pred, n in zip(examples, predictions, lengths)))
 
 
 # ------------------------------------------------------------------------------ layouts
@@ -119,9 +119,10 @@ def sweep_section(by_recipe: dict[str, dict[str, Sequence[tuple[float, float]]]]
 
 
 def sweep_table(per_language: dict[str, Sequence[tuple[float, float]]]) -> str:
-    """Languages × λ: validation score ×100 (the λ grid is the first language's)."""
-    lambdas = [lam for lam, _ in next(iter(per_language.values()))]
+    """Languages × λ: validation score ×100, or mean ± std for (λ, mean, std) points (the first language's grid)."""
+    lambdas = [p[0] for p in next(iter(per_language.values()))]
+    cell = lambda p: f"{100 * p[1]:.1f}" + (f" ± {100 * p[2]:.1f}" if len(p) == 3 else "")
     columns = [("language", lambda r: r["language"])]
-    columns += [(f"λ={lam:g}", lambda r, i=i: f"{100 * r['scores'][i]:.1f}") for i, lam in enumerate(lambdas)]
-    rows = [{"language": lang, "scores": [v for _, v in points]} for lang, points in sorted(per_language.items())]
+    columns += [(f"λ={lam:g}", lambda r, i=i: cell(r["points"][i])) for i, lam in enumerate(lambdas)]
+    rows = [{"language": lang, "points": list(points)} for lang, points in sorted(per_language.items())]
     return markdown_table(columns, rows)

@@ -2,6 +2,7 @@
 
 Used for bases this project trains itself (the embedded demo pretrains a tiny
 mT5-style model); Hugging Face checkpoints load through `hf.load_pretrained`.
+The directory may be local or remote (`gs://...`, through `etils.epath`).
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 
 from peft_jax import tree as tu
-from peft_jax.fileio import atomic_write, read_json_beside
+from peft_jax.fileio import atomic_write, local_path, read_json_beside, write_text
 from peft_jax.models import registry
 from peft_jax.models import safetensors_io as st
 from peft_jax.models import spec
@@ -25,18 +27,17 @@ from peft_jax.models.errors import CheckpointError
 
 def save(path: str, model, params: dict) -> None:
     """Writes `path/config.json` and `path/params.safetensors` (atomically, each file)."""
-    os.makedirs(path, exist_ok=True)
+    path = os.fspath(path)
     tensors = {k: np.asarray(jax.device_get(v)) for k, v in tu.flatten(params).items()}
     digest = hashlib.sha256(b"".join(tensors[k].tobytes() for k in sorted(tensors))).hexdigest()
     config = {"kind": type(model.config).__name__, "config": dataclasses.asdict(model.config)}
     atomic_write(os.path.join(path, "params.safetensors"),
                  lambda tmp: st.write(tmp, tensors, {"sha256": digest}), overwrite=True)
-    atomic_write(os.path.join(path, "config.json"),
-                 lambda tmp: open(tmp, "w").write(json.dumps(config, indent=1)), overwrite=True)
+    write_text(os.path.join(path, "config.json"), json.dumps(config, indent=1))
 
 
 def is_native(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, "params.safetensors"))
+    return epath.Path(os.fspath(path), "params.safetensors").is_file()
 
 
 def load(path: str):
@@ -47,13 +48,14 @@ def load(path: str):
     if model_cls is None:
         raise CheckpointError(f"{cfg_path}: unknown model kind {meta.get('kind')!r}")
     model = model_cls(model_cls.CONFIG_CLASS(**meta["config"]))
-    try:
-        f = st.SafetensorsFile(w_path)
-    except st.SafetensorsError as e:
-        raise CheckpointError(str(e)) from None
-    tensors = {k: np.array(f.get(k)) for k in f.names}
+    with local_path(w_path) as local:  # a remote file is read whole through a local copy
+        try:
+            f = st.SafetensorsFile(local)
+            tensors, saved_digest = {k: np.array(f.get(k)) for k in f.names}, f.metadata.get("sha256")
+        except st.SafetensorsError as e:
+            raise CheckpointError(str(e).replace(local, w_path)) from None
     digest = hashlib.sha256(b"".join(tensors[k].tobytes() for k in sorted(tensors))).hexdigest()
-    if digest != f.metadata.get("sha256"):
+    if digest != saved_digest:
         raise CheckpointError(f"{w_path}: checksum mismatch: the file is corrupted")
     want = set(spec.flatten(model.param_specs()))
     if want != set(tensors):

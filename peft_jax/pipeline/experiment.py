@@ -18,7 +18,9 @@ the same results.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import dataclasses
 import functools
 import json
 import os
@@ -28,10 +30,11 @@ import ml_collections
 import numpy as np
 
 from peft_jax import compose, data, evaluation, languages, metrics, peft
-from peft_jax.fileio import atomic_write, require_local
+from peft_jax.fileio import local_path, read_json, workdir_path, write_text
 from peft_jax.models import PRESETS, get_model, load_pretrained, native
 from peft_jax.models.base import tokenizer_ids
 from peft_jax.pipeline import init_regime, lambdas, multi_seed
+from peft_jax.pipeline.modules import Job, train_all
 from peft_jax.pipeline.pretrain import pretrain
 from peft_jax.pipeline.runner import Stages, workdir_lock
 from peft_jax.train import config_lib
@@ -61,9 +64,10 @@ def prepare_data(config, workdir: str) -> dict:
     world = _world(config)
     root = os.path.join(workdir, "data")
     w = config.world
-    world.write_xlsum_layout(os.path.join(root, "xlsum"), w.n_train, w.n_validation, w.n_test)
-    world.write_unlabeled(os.path.join(root, "text"), w.n_unlabeled, "train")
-    world.write_unlabeled(os.path.join(root, "text"), w.n_validation, "validation")
+    with local_path(root, upload=True) as local:  # the world writes local files; a gs:// workdir gets them uploaded
+        world.write_xlsum_layout(os.path.join(local, "xlsum"), w.n_train, w.n_validation, w.n_test)
+        world.write_unlabeled(os.path.join(local, "text"), w.n_unlabeled, "train")
+        world.write_unlabeled(os.path.join(local, "text"), w.n_validation, "validation")
     return {"xlsum_dir": os.path.join(root, "xlsum"), "text_paths": os.path.join(root, "text", "{language}_train.txt")}
 
 
@@ -127,14 +131,21 @@ def prepare_base(config, workdir: str, paths: dict, tok_path: str, log) -> str:
         params, curve = pretrain(model, params, batches, steps=p.steps, learning_rate=p.learning_rate, log=log)
     path = os.path.join(workdir, "base")
     native.save(path, model, params)
-    with open(os.path.join(path, "pretrain_curve.json"), "w") as f:
-        json.dump(curve, f)
+    write_text(os.path.join(path, "pretrain_curve.json"), json.dumps(curve))
     return path
 
 
 # ------------------------------------------------------------------------------ training
-def train_module(config, workdir: str, kind: str, lang: str, paths: dict, tok_path: str, base_path: str) -> str:
-    """Trains the language ('lang') or task ('task') module of `lang`; returns its module file."""
+def module_dir(workdir: str, kind: str, lang: str) -> str:
+    """The training run directory of the language ('lang') or task ('task') module of `lang`."""
+    return os.path.join(workdir, "train", f"{kind}_{lang}")
+
+
+def module_config(config, workdir: str, kind: str, lang: str, paths: dict, tok_path: str, base_path: str):
+    """(training config, run directory) of the language ('lang') or task ('task') module of `lang`.
+
+    For a language module on real text this prepares its text (script filter, decontamination) first.
+    """
     cfg = copy.deepcopy(config.lang_train if kind == "lang" else config.task_train)
     cfg.model.checkpoint = base_path
     cfg.data.tokenizer = tok_path
@@ -144,7 +155,7 @@ def train_module(config, workdir: str, kind: str, lang: str, paths: dict, tok_pa
     cfg.seed = init_regime.module_seed(config.seed, kind, lang, config.shared_init)
     cfg.metadata = ml_collections.ConfigDict({"shared_init": bool(config.shared_init), "run_seed": int(config.seed)})
     cfg.distributed = config.distributed  # the one multi-host switch reaches every training stage
-    run_dir = os.path.join(workdir, "train", f"{kind}_{lang}")
+    run_dir = module_dir(workdir, kind, lang)
     if kind == "lang" and config.data.kind == "synthetic":
         cfg.data.paths = text_path(paths, lang)
     elif kind == "lang":  # real text: in the language's script, without XL-Sum's evaluation data, counted
@@ -152,6 +163,12 @@ def train_module(config, workdir: str, kind: str, lang: str, paths: dict, tok_pa
         cfg.data.paths = str(data.language_text.prepare_language_text(
             lang, text_path(paths, lang), run_dir, xlsum_dir=paths["xlsum_dir"],
             max_kept=cfg.num_steps * cfg.batch_size + cfg.data.eval_examples))  # enough for the whole run
+    return cfg, run_dir
+
+
+def train_module(config, workdir: str, kind: str, lang: str, paths: dict, tok_path: str, base_path: str) -> str:
+    """Trains the language ('lang') or task ('task') module of `lang` alone; returns its module file."""
+    cfg, run_dir = module_config(config, workdir, kind, lang, paths, tok_path, base_path)
     train(cfg, run_dir)
     return os.path.join(run_dir, "final_module")
 
@@ -236,8 +253,7 @@ def evaluate_target(ctx: Context, workdir: str, target: str, selection: dict | N
     """Decodes the target's test split with every recipe; writes predictions; returns table rows."""
     c = ctx.config
     examples = ctx.examples(target, "test", c.eval.n_test)
-    pred_dir = os.path.join(workdir, "predictions")
-    os.makedirs(pred_dir, exist_ok=True)
+    pred_dir = os.path.join(workdir, "predictions")  # created by its first file's write (local or gs://)
     rows, per_example = [], {}
     for recipe in c.recipes:
         note = _skip_note(ctx, recipe, target)
@@ -286,11 +302,6 @@ def select(config, st: Stages, ctx: Context) -> dict:
 
 
 # ---------------------------------------------------------------------------------- run
-# Why a gs:// workdir is refused here (launch/train.py takes one): these stages still use local files.
-LOCAL_ONLY = ("the pipeline's data, tokenizer and base stages and its module and data readers use local "
-              "files (launch/train.py takes a gs:// workdir; see docs/remote_workdirs.md)")
-
-
 class ConfigMismatchError(ValueError):
     """A workdir's finished stages came from another config."""
 
@@ -301,11 +312,10 @@ def check_config(config, workdir: str) -> None:
     current = json.loads(config.to_json_best_effort(sort_keys=True))
     current.pop("distributed", None)  # how processes meet (a coordinator port) is not part of the experiment
     current.pop("dry_run_chip", None)  # nor the chip a dry run compares memory against
-    if not os.path.exists(path):
-        atomic_write(path, lambda tmp: open(tmp, "w").write(json.dumps(current, indent=1, sort_keys=True)))
+    if not workdir_path(path).exists():
+        write_text(path, json.dumps(current, indent=1, sort_keys=True), overwrite=False)
         return
-    with open(path, encoding="utf-8") as f:
-        saved = json.load(f)
+    saved = read_json(path)
     if saved != current:
         empty = lambda x: x == {} or x == []  # an empty section is a difference too
         a, b = flatten(saved, is_leaf=empty), flatten(current, is_leaf=empty)
@@ -319,22 +329,70 @@ def run(config, workdir: str, log=print) -> list[dict]:
 
     With `config.seeds` (e.g. (0, 1, 2)) every module is trained and scored once per seed, each seed in
     `workdir/seed_<s>/` on one shared base and tokenizer, and `workdir` gets the per-seed rows and the
-    summary across seeds (`multi_seed`).
+    summary across seeds (`multi_seed`). Every seed's modules of one kind train together
+    (`config.modules_per_step`, `pipeline.modules`).
     """
     if config.get("seeds"):
-        return multi_seed.run(config, workdir, run_one, log)
+        return multi_seed.run(config, workdir, run_seeds, log)
     return run_one(config, workdir, log)
 
 
 def run_one(config, workdir: str, log=print) -> list[dict]:
     """One seed of the experiment (`config.seed`) in `workdir`; returns the results rows."""
+    return run_seeds([(config.seed, config, workdir)], log)[0]["rows"]
+
+
+@dataclasses.dataclass
+class SeedRun:
+    """One seed's run, opened: its config, workdir, stages and the data, tokenizer and base it uses."""
+
+    config: ml_collections.ConfigDict
+    workdir: str
+    st: Stages
+    paths: dict
+    tok_path: str
+    base_path: str
+
+
+def run_seeds(plan: list[tuple], log=print) -> list[dict]:
+    """Runs (or resumes) each (seed, one-seed config, workdir) of `plan`.
+
+    Returns per seed {"rows": its results rows, "sweeps": {recipe: {language: [(λ, validation ROUGE-L)]}}}.
+
+    Each later seed's config may name files the earlier ones make (the first seed's tokenizer and
+    base), so the seeds are opened in order; then all their modules train, and each is evaluated.
+    """
+    with contextlib.ExitStack() as stack:
+        runs = [stack.enter_context(_opened(config, workdir, log)) for _, config, workdir in plan]
+        per_run = [_jobs(r, len(plan) > 1) for r in runs]
+        files = iter(train_all([j for jobs in per_run for j in jobs], plan[0][1].get("modules_per_step", 1), log))
+        trained = [{j.name: next(files) for j in jobs} for jobs in per_run]
+        return [_evaluate_run(r, m, log) for r, m in zip(runs, trained)]
+
+
+def _jobs(r: SeedRun, label: bool) -> list[Job]:
+    """The language and task modules of one seed's run, as training jobs."""
+    c = r.config
+    out = []
+    for kind, langs in (("lang", _languages(c)), ("task", c.labeled_languages)):
+        for lang in langs:
+            make = functools.partial(module_config, c, r.workdir, kind, lang, r.paths, r.tok_path, r.base_path)
+            out.append(Job(r.st, f"{kind}/{lang}", make,
+                                   os.path.join(module_dir(r.workdir, kind, lang), "final_module"),
+                                   f"seed {c.seed} {kind}/{lang}" if label else ""))
+    return out
+
+
+@contextlib.contextmanager
+def _opened(config, workdir: str, log):
+    """A one-seed run with its lock held and its data, tokenizer and base stages done."""
     lambdas.check(config)
     for section in ("lang_train", "task_train"):  # bad training values stop the run before any stage
         try:
             config_lib.check_values(config[section])
         except config_lib.ConfigError as e:
             raise config_lib.ConfigError(f"{section}: {e}") from None
-    workdir = os.path.abspath(require_local(workdir, why=LOCAL_ONLY))
+    workdir = os.fspath(workdir_path(workdir))  # a local path made absolute, or a URL whose backend is installed
     writer = jax.process_index() == 0  # process 0 holds the lock and writes; the others train with it
     with workdir_lock(workdir, hold=writer) as lock:
         if writer:
@@ -344,21 +402,22 @@ def run_one(config, workdir: str, log=print) -> list[dict]:
         paths = st.run("data", lambda: prepare_data(config, workdir))
         tok_path = st.run("tokenizer", lambda: prepare_tokenizer(config, workdir, paths))
         base_path = st.run("base", lambda: prepare_base(config, workdir, paths, tok_path, log))
-        modules = {}
-        for kind, langs in (("lang", _languages(config)), ("task", config.labeled_languages)):
-            for lang in langs:
-                modules[f"{kind}/{lang}"] = st.run(
-                    f"{kind}/{lang}", lambda k=kind, l=lang: train_module(config, workdir, k, l, paths, tok_path,
-                                                                           base_path), collective=True)
-        ctx = Context(config, paths, tok_path, base_path, modules) if writer else None
-        seeds = {name: init_regime.module_seed(config.seed, *name.split("/"), config.shared_init) for name in modules}
-        init_report = st.run("init", lambda: init_regime.report(config, ctx.model, ctx.params, ctx.modules, seeds))
-        selections = select(config, st, ctx)
-        rows = []
-        for t in config.target_languages:
-            selection = selections.get("source", selections.get(t))
-            rows.extend(st.run(f"evaluate/{t}", lambda t=t, s=selection: evaluate_target(ctx, workdir, t, s)))
-        evaluation.adjust_table(rows, config.eval.get("p_adjust", "holm"))
-        if writer:
-            log("\n" + write_report(config, workdir, rows, selections, init_report))
-        return rows
+        yield SeedRun(config, workdir, st, paths, tok_path, base_path)
+
+
+def _evaluate_run(r: SeedRun, trained: dict[str, str], log) -> dict:
+    """λ selection, evaluation of every target and the report of one seed's run, from its trained modules."""
+    config, workdir, st = r.config, r.workdir, r.st
+    writer = jax.process_index() == 0
+    ctx = Context(config, r.paths, r.tok_path, r.base_path, trained) if writer else None
+    seeds = {name: init_regime.module_seed(config.seed, *name.split("/"), config.shared_init) for name in trained}
+    init_report = st.run("init", lambda: init_regime.report(config, ctx.model, ctx.params, ctx.modules, seeds))
+    selections = select(config, st, ctx)
+    rows = []
+    for t in config.target_languages:
+        selection = selections.get("source", selections.get(t))
+        rows.extend(st.run(f"evaluate/{t}", lambda t=t, s=selection: evaluate_target(ctx, workdir, t, s)))
+    evaluation.adjust_table(rows, config.eval.get("p_adjust", "holm"))
+    if writer:
+        log("\n" + write_report(config, workdir, rows, selections, init_report))
+    return {"rows": rows, "sweeps": lambdas.sweeps_for_report(selections)}

@@ -48,16 +48,27 @@ def seed_config(config, seed: int, first_workdir: str | None):
     return c
 
 
-def run(config, workdir: str, run_one: Callable, log=print) -> list[dict]:
-    """Runs `run_one` once per seed of `config.seeds`; writes the summary; returns the per-seed rows."""
-    rows, first = [], None
-    for s in check_seeds(config.seeds):
-        sub = os.path.join(workdir, f"seed_{s}")
+def plan(config, workdir: str) -> list[tuple[int, object, str]]:
+    """(seed, one-seed config, workdir/seed_<s>) per seed; later seeds use the first seed's tokenizer and base."""
+    seeds = check_seeds(config.seeds)
+    first = os.path.join(workdir, f"seed_{seeds[0]}")
+    return [(s, seed_config(config, s, None if i == 0 else first), os.path.join(workdir, f"seed_{s}"))
+            for i, s in enumerate(seeds)]
+
+
+def run(config, workdir: str, run_seeds: Callable, log=print) -> list[dict]:
+    """`run_seeds(plan, log)` over every seed of `config.seeds`; writes the summary; returns the per-seed rows.
+
+    run_seeds gives per seed {"rows": results rows, "sweeps": {recipe: {language: [(λ, score)]}}}; each
+    returned row has its `seed`.
+    """
+    seeds = plan(config, workdir)
+    for s, _, sub in seeds:
         log(f"[seed] {s}: {sub}")
-        rows.extend({**r, "seed": s} for r in run_one(seed_config(config, s, first), sub, log))
-        first = first or sub
+    results = run_seeds(seeds, log)
+    rows = [{**r, "seed": s} for (s, _, _), result in zip(seeds, results) for r in result["rows"]]
     if jax.process_index() == 0:
-        log("\n" + write_report(config, workdir, rows))
+        log("\n" + write_report(config, workdir, rows, [r.get("sweeps", {}) for r in results]))
     return rows
 
 
@@ -72,8 +83,11 @@ SUMMARY_TABLE = (
     ("verdict", lambda r: r.get("verdict", "")))
 
 
-def write_report(config, workdir: str, rows: list[dict]) -> str:
-    """results.csv (per seed), summary.csv, results.md and the per-language plot; returns the summary table."""
+def write_report(config, workdir: str, rows: list[dict], sweeps: list[dict] = ()) -> str:
+    """results.csv (per seed), summary.csv, results.md and the plots; returns the summary table.
+
+    sweeps: each seed's λ sweeps ({recipe: {language: [(λ, validation ROUGE-L)]}}), shown as mean ± std.
+    """
     e = config.eval
     summary = seed_stats.summarize(rows, p_adjust=e.get("p_adjust", "holm"), alpha=e.get("alpha", 0.05),
                                    bootstrap_samples=e.bootstrap_samples, seed=config.seed)
@@ -85,12 +99,18 @@ def write_report(config, workdir: str, rows: list[dict]) -> str:
              f"every seed and the adjusted p < {e.get('alpha', 0.05)}. Scorer: {metrics.scorer_name(e.tokenization)}. "
              + lambdas.describe(config))
     per_seed = evaluation.markdown_table((("seed", lambda r: str(r["seed"])),) + evaluation.RECIPE_TABLE, rows)
+    spread = seed_stats.sweep_spread(list(sweeps))
     evaluation.write_markdown(os.path.join(workdir, "results.md"), "Results over seeds", intro,
-                              table + "\n## Per seed\n\n" + per_seed)
+                              table + "\n## Per seed\n\n" + per_seed + evaluation.sweep_section(spread)
+                              .replace("×100; the chosen λ is used on test", "×100, mean ± std over seeds; each seed's chosen λ is used "
+                                       "on its test split"))
     evaluation.write_csv(os.path.join(workdir, "results.csv"), rows, SEED_CSV_COLUMNS)
     evaluation.write_csv(os.path.join(workdir, "summary.csv"), summary, seed_stats.SUMMARY_CSV_COLUMNS)
     evaluation.bar_plot([{**r, "rougeL": r["rougeL_mean"], "rougeL_low": r["rougeL_mean"] - r["rougeL_std"],
                           "rougeL_high": r["rougeL_mean"] + r["rougeL_std"]} for r in summary],
                         os.path.join(workdir, "results_by_language.png"), series="recipe",
                         title="Zero-shot summarization by recipe (mean ± std over seeds)")
+    if spread:
+        evaluation.sweep_plot(spread, os.path.join(workdir, "lambda_sweep.png"),
+                              "validation ROUGE-L ×100 (mean ± std over seeds)")
     return table

@@ -73,6 +73,10 @@ class Stages:
     def done(self, name: str) -> bool:
         return self._marker(name).exists()
 
+    def pending(self, names: list[str]) -> list[str]:
+        """The names among `names` whose stage has not finished (process 0's markers, on every process)."""
+        return _broadcast_json([n for n in names if not self.done(n)] if self.writer else None)
+
     def result(self, name: str) -> Any:
         return json.loads(self._marker(name).read_text())["result"]
 

@@ -124,6 +124,11 @@ def _get(config, path: str):
     return node
 
 
+def get_field(config, path: str):
+    """The value at dotted `path` (a sentinel that equals only itself where the config has no such field)."""
+    return _get(config, path)
+
+
 _MISSING = object()
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 import time
 from typing import Callable, Sequence
 
@@ -176,22 +175,43 @@ def _module_fn(s: _Static, phase: Phase):
     return make
 
 
-def _start_phase(s: _Static, phase: Phase, rng, previous=None) -> _PhaseRun:
-    """Creates the phase's module (placed in its sharding), optimizer state and jitted steps."""
+@dataclasses.dataclass(frozen=True)
+class _PhaseParts:
+    """What every module of one phase shares: its jitted constructor, shardings, optimizer and steps."""
+
+    make: Callable  # jitted (rng, base params, previous module or None) -> the phase's fresh module
+    peft_sharding: object
+    optimizer: object
+    schedule: Callable
+    opt_init: Callable  # jitted trainable params -> optimizer state in `opt_sharding`
+    opt_sharding: object
+    eval_fn: Callable
+
+
+def _phase_parts(s: _Static, phase: Phase, rng, previous=None) -> _PhaseParts:
+    """The phase's module constructor, shardings, optimizer and eval step (its train step: `_start_phase`)."""
     make = _module_fn(s, phase)
     abstract = jax.eval_shape(make, rng, s.params, previous)
     peft_sh = partitioning.peft_shardings(s.model, abstract, s.mesh, s.rules, s.config.peft.sharding)
-    module = jax.jit(make, out_shardings=peft_sh)(rng, s.params, previous)
     optimizer, schedule = optimizers.make_optimizer(s.config.optimizer, phase.stop - phase.start)
-    opt_state = step_lib.init_opt_state(optimizer, module, s.mesh)
-    opt_sh = step_lib.shardings_of(opt_state)
-    step_fn = step_lib.jit_train_step(model=s.model, optimizer=optimizer, peft_sharding=peft_sh, opt_sharding=opt_sh,
-                                      params_sharding=s.params_sharding, batch_sharding=s.batch_sharding,
-                                      scalar_sharding=s.repl, z_loss=s.config.z_loss,
-                                      micro_batches=s.config.micro_batches)
+    placed = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh), abstract, peft_sh)
+    opt_sh = step_lib.opt_state_shardings(optimizer, placed, s.mesh)
     eval_fn = step_lib.jit_eval_step(model=s.model, peft_sharding=peft_sh, params_sharding=s.params_sharding,
                                      batch_sharding=s.batch_sharding, out_sharding=s.repl, z_loss=s.config.z_loss)
-    return _PhaseRun(phase, module, opt_state, schedule, step_fn, eval_fn)
+    return _PhaseParts(jax.jit(make, out_shardings=peft_sh), peft_sh, optimizer, schedule,
+                       jax.jit(optimizer.init, out_shardings=opt_sh), opt_sh, eval_fn)
+
+
+def _start_phase(s: _Static, phase: Phase, rng, previous=None) -> _PhaseRun:
+    """Creates the phase's module (placed in its sharding), optimizer state and jitted steps."""
+    parts = _phase_parts(s, phase, rng, previous)
+    module = parts.make(rng, s.params, previous)
+    opt_state = parts.opt_init(step_lib.trainable(module.params))
+    step_fn = step_lib.jit_train_step(model=s.model, optimizer=parts.optimizer, peft_sharding=parts.peft_sharding,
+                                      opt_sharding=parts.opt_sharding, params_sharding=s.params_sharding,
+                                      batch_sharding=s.batch_sharding, scalar_sharding=s.repl,
+                                      z_loss=s.config.z_loss, micro_batches=s.config.micro_batches)
+    return _PhaseRun(phase, module, opt_state, parts.schedule, step_fn, parts.eval_fn)
 
 
 def _abstract(tree):
@@ -298,21 +318,11 @@ def _setup(config, workdir: str):
 def _tokenizer(config, workdir: str):
     """`inputs.build_tokenizer` with its trained model kept at workdir/tokenizer.model, local or remote.
 
-    The tokenizer code reads and writes local files, so for a remote workdir the model is fetched to
-    (or trained in) a local temporary directory and uploaded once by process 0.
+    The tokenizer code reads and writes local files, so for a remote workdir it works on a local copy
+    of that file (`fileio.local_path`), whose new model process 0 alone uploads.
     """
-    if not fileio.is_remote(workdir):
-        return inputs.build_tokenizer(config.data, config.objective, workdir)
-    remote = epath.Path(workdir) / "tokenizer.model"
-    with tempfile.TemporaryDirectory() as local:
-        saved = os.path.join(local, "tokenizer.model")
-        if remote.exists():
-            fileio.atomic_write(saved, lambda tmp: fileio.write_bytes(tmp, remote.read_bytes()))
-        tok = inputs.build_tokenizer(config.data, config.objective, local)
-        if jax.process_index() == 0 and os.path.exists(saved) and not remote.exists():
-            with open(saved, "rb") as f:
-                fileio.write_bytes(remote, f.read())
-    return tok
+    with fileio.local_path(os.path.join(workdir, "tokenizer.model"), upload=jax.process_index() == 0) as saved:
+        return inputs.build_tokenizer(config.data, config.objective, os.path.dirname(saved))
 
 
 def check_resume(config, workdir: str, start: int, fingerprint: str) -> None:

@@ -2,19 +2,21 @@
 
 One streaming pass builds a byte-offset index of the non-blank lines; records are read back
 with ``os.pread`` on descriptors shared by grain's reader threads, so a file larger than
-memory can still be shuffled, sharded and checkpointed.
+memory can still be shuffled, sharded and checkpointed. Remote files (``gs://``, through
+``etils.epath``) are read back by ranged reads (seek + read) on one handle per file.
 """
 
 from __future__ import annotations
 
 import os
-import pathlib
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+from etils import epath
 
+from peft_jax import fileio
 from peft_jax.data.sources.errors import DataError, EmptySplitError, MissingDataError
 from peft_jax.data.sources.reading import (XLSUM_FIELDS, ReadStats, check_policy, decode_line, parse_json_record,
                                            refuse_json_records)
@@ -29,7 +31,7 @@ class LineIndex:
 
     def __init__(self, paths: Sequence[str | os.PathLike], on_bad_utf8: str = "fail"):
         check_policy(on_bad_utf8)
-        self.paths = [pathlib.Path(p) for p in paths]
+        self.paths = [epath.Path(p) for p in paths]
         self.on_bad_utf8 = on_bad_utf8
         self.stats = ReadStats()
         columns = [self._index_file(i, p) for i, p in enumerate(self.paths)] or [(np.zeros(0, np.int64),) * 3]
@@ -39,10 +41,10 @@ class LineIndex:
         if len(self.offsets) == 0:
             raise EmptySplitError(f"no records in {', '.join(map(str, self.paths))} "
                                   f"({self.stats.skipped_bad_utf8} line(s) skipped as invalid UTF-8)")
-        self._fds: dict[int, int] = {}
+        self._fds: dict[int, Any] = {}  # a descriptor (local) or an open file (remote)
         self._lock = threading.Lock()
 
-    def _index_file(self, file_id: int, path: pathlib.Path) -> tuple[np.ndarray, ...]:
+    def _index_file(self, file_id: int, path: epath.Path) -> tuple[np.ndarray, ...]:
         """Scans one file; returns (file ids, byte offsets, line numbers) of its usable lines."""
         if path.suffix == ".gz":
             raise DataError(f"{path}: gzip files have no random access; stream them with text_lines() "
@@ -50,7 +52,7 @@ class LineIndex:
         if not path.is_file():
             raise MissingDataError(f"file {str(path)!r} not found")
         offsets, numbers, offset = [], [], 0
-        with open(path, "rb") as f:
+        with path.open("rb") as f:
             for line_no, raw in enumerate(f, start=1):
                 self.stats.lines += 1
                 text = decode_line(raw, f"{path}:{line_no}", self.on_bad_utf8)
@@ -67,21 +69,27 @@ class LineIndex:
     def __len__(self) -> int:
         return len(self.offsets)
 
-    def _fd(self, file_id: int) -> int:
-        """The descriptor of a file, opened on first use (reader threads share it via pread)."""
+    def _read_at(self, file_id: int, size: int, offset: int) -> bytes:
+        """`size` bytes at `offset` of a file opened on first use: reader threads share a local descriptor
+        through pread, and a remote file's handle under the lock (its reads move one position)."""
         with self._lock:
             if file_id not in self._fds:
-                self._fds[file_id] = os.open(self.paths[file_id], os.O_RDONLY)
-            return self._fds[file_id]
+                path = self.paths[file_id]
+                self._fds[file_id] = path.open("rb") if fileio.is_remote(path) else os.open(path, os.O_RDONLY)
+            handle = self._fds[file_id]
+            if not isinstance(handle, int):
+                handle.seek(offset)
+                return handle.read(size)
+        return os.pread(handle, size, offset)
 
     def line(self, index: int) -> tuple[str, str]:
         """Returns ``(text, "file:line")`` of record ``index``."""
         if not -len(self) <= index < len(self):
             raise IndexError(f"record {index} out of range for {len(self)} records")
         file_id, offset = int(self.file_ids[index]), int(self.offsets[index])
-        fd, chunk, parts = self._fd(file_id), 1 << 16, []
+        chunk, parts = 1 << 16, []
         while True:  # read until the end of the line; lines may exceed one chunk
-            data = os.pread(fd, chunk, offset)
+            data = self._read_at(file_id, chunk, offset)
             cut = data.find(b"\n")
             parts.append(data if cut < 0 else data[:cut])
             if cut >= 0 or len(data) < chunk:
@@ -105,8 +113,11 @@ class LineIndex:
     def close(self) -> None:
         """Closes the files opened for reading."""
         with self._lock:
-            for fd in self._fds.values():
-                os.close(fd)
+            for handle in self._fds.values():
+                if isinstance(handle, int):
+                    os.close(handle)
+                else:
+                    handle.close()
             self._fds.clear()
 
     def __del__(self):

@@ -6,16 +6,19 @@ Lines are read one at a time, so a file larger than memory is fine. Invalid UTF-
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import glob as glob_lib
 import gzip
 import json
 import logging
 import os
-import pathlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
+from etils import epath
+
+from peft_jax import fileio
 from peft_jax.data.sources.errors import (BadEncodingError, DataError, EmptySplitError, MalformedRecordError,
                                           MissingDataError, MissingFieldError)
 
@@ -63,9 +66,11 @@ def decode_line(raw: bytes, where: str, on_bad_utf8: str) -> str | None:
         return None
 
 
-def _open_binary(path: pathlib.Path):
-    """Opens a plain or gzip-compressed file for binary line reading."""
-    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+@contextlib.contextmanager
+def _open_binary(path: epath.Path):
+    """Opens a plain or gzip-compressed file, local or remote (`gs://`), for binary line reading."""
+    with path.open("rb") as raw:
+        yield gzip.GzipFile(fileobj=raw, mode="rb") if path.suffix == ".gz" else raw
 
 
 def read_lines(path: str | os.PathLike, on_bad_utf8: str = "fail",
@@ -77,7 +82,7 @@ def read_lines(path: str | os.PathLike, on_bad_utf8: str = "fail",
     counted in ``stats.skipped_bad_utf8`` (and logged once at the end of the file).
     """
     check_policy(on_bad_utf8)
-    path = pathlib.Path(path)
+    path = epath.Path(path)
     stats = stats if stats is not None else ReadStats()
     skipped_before = stats.skipped_bad_utf8
     try:
@@ -154,34 +159,34 @@ def refuse_json_records(path: str | os.PathLike, on_bad_utf8: str = "fail") -> N
             f"or a text_paths name ending in .json / .jsonl / .json.gz")
 
 
-def require_dir(path: pathlib.Path, what: str, layout: str) -> None:
+def require_dir(path: epath.Path, what: str, layout: str) -> None:
     """Raises MissingDataError (stating the expected layout) when ``path`` is not a directory."""
     if not path.is_dir():
         raise MissingDataError(f"{what} directory {str(path)!r} does not exist; expected layout: {layout}")
 
 
-def require_file(path: pathlib.Path, what: str, layout: str, present: Sequence[str] = ()) -> None:
+def require_file(path: epath.Path, what: str, layout: str, present: Sequence[str] = ()) -> None:
     """Raises MissingDataError naming the missing file, the layout and what is present instead."""
     if not path.is_file():
         hint = f"; present: {', '.join(sorted(present)[:12])}" if present else ""
         raise MissingDataError(f"{what}: file {str(path)!r} not found; expected layout: {layout}{hint}")
 
 
-def expand_paths(paths_or_glob: str | os.PathLike | Sequence[str | os.PathLike]) -> list[pathlib.Path]:
-    """Expands a path, a glob pattern or a list of them into sorted, existing files."""
+def expand_paths(paths_or_glob: str | os.PathLike | Sequence[str | os.PathLike]) -> list[epath.Path]:
+    """Expands a path, a glob pattern or a list of them (local or `gs://...`) into sorted, existing files."""
     items = [paths_or_glob] if isinstance(paths_or_glob, (str, os.PathLike)) else list(paths_or_glob)
-    out: list[pathlib.Path] = []
+    out: list[epath.Path] = []
     for item in items:
-        item = str(item)
+        item = os.fspath(item)
         if glob_lib.has_magic(item):
-            matches = sorted(glob_lib.glob(item))
+            matches = fileio.glob(item)
             if not matches:
                 raise MissingDataError(f"no file matches the pattern {item!r}")
-            out.extend(pathlib.Path(m) for m in matches)
-        elif not pathlib.Path(item).is_file():
+            out.extend(epath.Path(m) for m in matches)
+        elif not epath.Path(item).is_file():
             raise MissingDataError(f"text file {item!r} not found")
         else:
-            out.append(pathlib.Path(item))
+            out.append(epath.Path(item))
     if not out:
         raise MissingDataError("no input files given")
     return out
@@ -205,10 +210,10 @@ class JsonLinesExamples:
     record raises ``EmptySplitError``.
     """
 
-    def __init__(self, paths: Sequence[pathlib.Path], fields: Sequence[str] | None,
+    def __init__(self, paths: Sequence[epath.Path], fields: Sequence[str] | None,
                  on_bad_utf8: str = "fail", transform: Callable[[dict], Any] | None = None):
         check_policy(on_bad_utf8)
-        self.paths = [pathlib.Path(p) for p in paths]
+        self.paths = [epath.Path(p) for p in paths]
         self.fields = tuple(fields) if fields is not None else None
         self.on_bad_utf8 = on_bad_utf8
         self.transform = transform

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import pathlib
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Iterator
+
+from etils import epath
 
 from peft_jax import languages
 from peft_jax.data.sources.errors import MalformedRecordError, MissingDataError
@@ -16,9 +17,9 @@ from peft_jax.data.sources.text import TextLines
 UDHR_NAMESPACE = "http://www.unhchr.ch/udhr"
 
 
-def _tatoeba_files(root: pathlib.Path) -> dict[str, list[pathlib.Path]]:
+def _tatoeba_files(root: epath.Path) -> dict[str, list[epath.Path]]:
     """Maps language names to their Tatoeba files (English maps to every ``*.eng`` side)."""
-    files: dict[str, list[pathlib.Path]] = {}
+    files: dict[str, list[epath.Path]] = {}
     for path in sorted(root.glob("tatoeba.*-eng.*")):
         code = path.name.split(".")[-1]
         try:
@@ -48,7 +49,7 @@ def tatoeba(data_dir: str | os.PathLike, language: str, *, on_bad_utf8: str = "f
 
     English is the union of the English sides of all pairs, without repeats.
     """
-    root = pathlib.Path(data_dir)
+    root = epath.Path(data_dir)
     layout = "<dir>/tatoeba.<xxx>-eng.<xxx> and tatoeba.<xxx>-eng.eng (<xxx>: ISO 639-3)"
     require_dir(root, "Tatoeba", layout)
     lang = languages.resolve(language)
@@ -75,19 +76,20 @@ class UdhrEntry:
 
 def udhr_index(data_dir: str | os.PathLike) -> list[UdhrEntry]:
     """Reads ``index.xml`` of the UDHR collection (file ``udhr_<key>.xml`` per entry)."""
-    root = pathlib.Path(data_dir)
+    root = epath.Path(data_dir)
     layout = "<dir>/index.xml and <dir>/udhr_<key>.xml (namespace http://www.unhchr.ch/udhr)"
     require_dir(root, "UDHR", layout)
     require_file(root / "index.xml", "UDHR index", layout)
     try:
-        tree = ET.parse(root / "index.xml")
+        with (root / "index.xml").open("rb") as f:
+            tree = ET.parse(f)
     except ET.ParseError as err:
         raise MalformedRecordError(f"{root / 'index.xml'}: malformed XML ({err})") from None
     return [UdhrEntry(e.get("f", ""), e.get("iso639-3", ""), e.get("iso15924", ""), e.get("bcp47", ""))
             for e in tree.getroot().iter("udhr")]
 
 
-def _udhr_file(root: pathlib.Path, lang: languages.Language) -> pathlib.Path:
+def _udhr_file(root: epath.Path, lang: languages.Language) -> epath.Path:
     """Picks the UDHR file of ``lang``: same language, preferring its script and BCP-47 tag."""
     matches = []
     for entry in udhr_index(root):
@@ -109,13 +111,14 @@ def _udhr_file(root: pathlib.Path, lang: languages.Language) -> pathlib.Path:
 class _UdhrParagraphs:
     """Re-iterable paragraphs (titles and paras, notes excluded) of one UDHR XML file."""
 
-    def __init__(self, path: pathlib.Path):
+    def __init__(self, path: epath.Path):
         self.path = path
 
     def __iter__(self) -> Iterator[str]:
         ns = "{" + UDHR_NAMESPACE + "}"
         try:
-            root = ET.parse(self.path).getroot()  # UDHR files are small (~60 paragraphs)
+            with self.path.open("rb") as f:
+                root = ET.parse(f).getroot()  # UDHR files are small (~60 paragraphs)
         except ET.ParseError as err:
             raise MalformedRecordError(f"{self.path}: malformed XML ({err})") from None
         if root.tag != ns + "udhr":
@@ -134,4 +137,4 @@ class _UdhrParagraphs:
 def udhr(data_dir: str | os.PathLike, language: str) -> Iterable[str]:
     """Paragraphs of the Universal Declaration of Human Rights in one language."""
     lang = languages.resolve(language)
-    return _UdhrParagraphs(_udhr_file(pathlib.Path(data_dir), lang))
+    return _UdhrParagraphs(_udhr_file(epath.Path(data_dir), lang))

@@ -5,12 +5,12 @@ Streams are re-iterable: each pass re-opens the files and reads them line by lin
 
 from __future__ import annotations
 
-import glob as glob_lib
 import os
-import pathlib
 from collections.abc import Iterator, Sequence
 
-from peft_jax import languages
+from etils import epath
+
+from peft_jax import fileio, languages
 from peft_jax.data.sources.errors import EmptySplitError, MalformedRecordError, MissingDataError
 from peft_jax.data.sources.reading import (ReadStats, check_policy, expand_paths, parse_json_record, read_lines,
                                            refuse_json_records, require_dir, select_fields, split_suffix)
@@ -18,7 +18,7 @@ from peft_jax.data.sources.reading import (ReadStats, check_policy, expand_paths
 _JSON_SUFFIXES = (".jsonl", ".json", ".ndjson")
 
 
-def _is_json_lines(path: pathlib.Path) -> bool:
+def _is_json_lines(path: epath.Path) -> bool:
     """True for ``.jsonl``/``.json`` files, compressed or not (mC4's ``*.json.gz``)."""
     name = path.name[:-3] if path.name.endswith(".gz") else path.name
     return name.endswith(_JSON_SUFFIXES)
@@ -34,7 +34,7 @@ class TextLines:
     of the latest pass.
     """
 
-    def __init__(self, paths: Sequence[pathlib.Path], field: str = "text", fmt: str = "auto",
+    def __init__(self, paths: Sequence[epath.Path], field: str = "text", fmt: str = "auto",
                  on_bad_utf8: str = "fail"):
         if fmt not in ("auto", "text", "jsonl"):
             raise ValueError(f"format must be 'auto', 'text' or 'jsonl', got {fmt!r}")
@@ -42,7 +42,7 @@ class TextLines:
         self.paths, self.field, self.fmt, self.on_bad_utf8 = list(paths), field, fmt, on_bad_utf8
         self.stats = ReadStats()
 
-    def _is_json(self, path: pathlib.Path) -> bool:
+    def _is_json(self, path: epath.Path) -> bool:
         """Whether ``path`` is read as JSON lines under this stream's format."""
         return self.fmt == "jsonl" or (self.fmt == "auto" and _is_json_lines(path))
 
@@ -105,9 +105,9 @@ def mc4(data_dir: str | os.PathLike, language: str, split: str = "train", *,
     """mC4 documents from its released files ``c4-<lang>[-validation].tfrecord-*.json.gz``."""
     code = mc4_code(language)
     layout = "<dir>/c4-<lang>.tfrecord-NNNNN-of-NNNNN.json.gz and c4-<lang>-validation.tfrecord-*.json.gz"
-    require_dir(pathlib.Path(data_dir), "mC4", layout)
+    require_dir(epath.Path(data_dir), "mC4", layout)
     tag = "" if split_suffix(split) == "train" else "-validation"
-    pattern = str(pathlib.Path(data_dir) / f"c4-{code}{tag}.tfrecord-*.json.gz")
-    if not glob_lib.glob(pattern):
+    pattern = os.fspath(epath.Path(data_dir) / f"c4-{code}{tag}.tfrecord-*.json.gz")
+    if not fileio.glob(pattern):
         raise MissingDataError(f"mC4: no file matches {pattern!r}; expected layout: {layout}")
     return text_lines(pattern, field="text", on_bad_utf8=on_bad_utf8)

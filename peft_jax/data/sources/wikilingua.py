@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import itertools
 import os
-import pathlib
 from collections.abc import Iterable, Iterator
+
+from etils import epath
 
 from peft_jax import languages
 from peft_jax.data.sources.errors import EmptySplitError, MalformedRecordError, MissingDataError
@@ -15,7 +16,7 @@ GEM_LAYOUT = ("<dir>/wiki_lingua_<name>_<xx>/{train,val,test}.{src,tgt}.{xx,en} 
               "(aligned lines; e.g. wiki_lingua_arabic_ar/test.src.ar)")
 
 
-def _gem_dir(root: pathlib.Path, code: str) -> pathlib.Path:
+def _gem_dir(root: epath.Path, code: str) -> epath.Path:
     """Finds ``wiki_lingua_<name>_<code>`` under the GEM directory."""
     found = sorted(p for p in root.glob(f"wiki_lingua_*_{code}") if p.is_dir())
     if not found:
@@ -28,7 +29,7 @@ def _gem_dir(root: pathlib.Path, code: str) -> pathlib.Path:
 class _AlignedExamples:
     """Examples zipped from line-aligned source/target files; unequal lengths raise."""
 
-    def __init__(self, src: pathlib.Path, tgt: pathlib.Path, id_prefix: str, on_bad_utf8: str):
+    def __init__(self, src: epath.Path, tgt: epath.Path, id_prefix: str, on_bad_utf8: str):
         self.src, self.tgt, self.id_prefix, self.on_bad_utf8 = src, tgt, id_prefix, on_bad_utf8
 
     def __iter__(self) -> Iterator[dict[str, str]]:
@@ -54,7 +55,7 @@ def gem_wikilingua(data_dir: str | os.PathLike, language: str, split: str, *,
     may be English for the cross-lingual task, read from ``<split>.tgt.en`` of the
     language's directory.
     """
-    root = pathlib.Path(data_dir)
+    root = epath.Path(data_dir)
     require_dir(root, "GEM", GEM_LAYOUT)
     lang = languages.resolve(language)
     out_lang = languages.resolve(summary_language) if summary_language else lang

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
-import pathlib
 from collections.abc import Iterable
+
+from etils import epath
 
 from peft_jax import languages
 from peft_jax.data.sources.errors import EmptySplitError, MalformedRecordError, MissingDependencyError
@@ -45,12 +46,12 @@ def xlsum(source: str | os.PathLike, language: str, split: str, *,
     suffix = split_suffix(split)
     if str(source) == XLSUM_HF_NAME or str(source).startswith("hf://"):
         return _xlsum_hf(str(source).removeprefix("hf://"), lang, suffix)
-    root = pathlib.Path(source)
+    root = epath.Path(source)
     require_dir(root, "XL-Sum", XLSUM_LAYOUT)
     path = root / f"{lang.name}_{suffix}.jsonl"
     require_file(path, f"XL-Sum {lang.name} {split}", XLSUM_LAYOUT,
                  [p.name for p in root.glob(f"{lang.name}_*.jsonl")])
-    if path.stat().st_size == 0:
+    if path.stat().length == 0:
         raise EmptySplitError(f"{path}: empty file, XL-Sum split {split!r} of {lang.name} has no examples")
     return JsonLinesExamples([path], XLSUM_FIELDS, on_bad_utf8, _xlsum_record)
 
