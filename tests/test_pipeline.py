@@ -9,11 +9,13 @@ import signal
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from peft_jax import peft
 from peft_jax.pipeline import experiment
 from peft_jax.pipeline.runner import WorkdirLockedError, workdir_lock
+from peft_jax.tree import flatten
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -125,3 +127,21 @@ def test_resuming_with_another_config_is_refused(demo_run):
     other = _config("demo", **{**SMALL, "lambdas": (0.25, 1.0)})
     with pytest.raises(experiment.ConfigMismatchError, match=r"another config \(differs in \['lambdas/0'"):
         experiment.run(other, workdir, log=lambda _: None)
+
+
+def test_seeds_train_their_modules_together_and_seed_0_matches_the_one_seed_run(demo_run, tmp_path):
+    """Two seeds: each kind's modules of both seeds train in one step; seed 0's modules are the one-seed run's."""
+    logs = []
+    rows = experiment.run(_config("demo", seeds=(0, 1), **SMALL), str(tmp_path), log=logs.append)
+    assert any(line.startswith("[train] 4 lang module(s) together") and "seed 1 lang/syn_mod" in line
+               for line in logs), logs
+    assert sorted({r["seed"] for r in rows}) == [0, 1]
+    for name in ("lang_syn_mod", "task_syn_en"):
+        alone = peft.load(os.path.join(demo_run[0], "train", name, "final_module"))
+        joint = peft.load(str(tmp_path / "seed_0" / "train" / name / "final_module"))
+        assert joint.metadata["seed"] == alone.metadata["seed"] == 0
+        joint_leaves = flatten(joint.params)
+        for path, leaf in flatten(alone.params).items():
+            np.testing.assert_allclose(joint_leaves[path], leaf, rtol=1e-5, atol=1e-6, err_msg=path)
+    for name in ("summary.csv", "results.md", "lambda_sweep.png", "results_by_language.png"):
+        assert (tmp_path / name).stat().st_size > 0

@@ -7,8 +7,10 @@ bucket and writes its results there; without a gs:// backend both stop with a cl
 """
 
 import csv
+import gzip
 import importlib.util
 import io
+import json
 import os
 import pathlib
 import re
@@ -107,6 +109,44 @@ def test_multi_seed_report_on_gs_writes_the_per_seed_rows_and_the_summary_there(
     assert {"results.md", "results.csv", "summary.csv", "results_by_language.png"} <= {p.name for p in store.iterdir()}
     summary = list(csv.DictReader(io.StringIO((store / "summary.csv").read_text(encoding="utf-8"))))
     assert [(r["recipe"], r["num_seeds"]) for r in summary] == [("task_only", "2"), ("analogy", "2")]
+    assert not pathlib.Path("gs:").exists()
+
+
+def test_text_and_xlsum_readers_read_gs_files_as_they_read_local_ones(fake_gcs, tmp_path):
+    docs = [{"text": f"Habari ya {i} leo.", "url": f"https://x/{i}"} for i in range(5)]
+    article = {"id": "1", "title": "t", "summary": "s", "text": "a"}
+    files = {"mc4/c4-sw.tfrecord-00000-of-00001.json.gz": gzip.compress(
+                 "".join(json.dumps(d) + "\n" for d in docs).encode()),
+             "text/sw_a.txt": b"one\n\ntwo\n", "text/sw_b.txt": b"three\n",
+             "xlsum/swahili_test.jsonl": (json.dumps(article) + "\n").encode()}
+    for root in (tmp_path / "local", fake_gcs / "bucket" / "in"):
+        for name, content in files.items():
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            (root / name).write_bytes(content)
+    for where in (str(tmp_path / "local"), "gs://bucket/in"):
+        assert list(data.mc4(f"{where}/mc4", "swahili")) == [d["text"] for d in docs]
+        assert list(data.sources.text_lines(f"{where}/text/sw_*.txt")) == ["one", "two", "three"]
+        lines = data.TextLinesSource(data.sources.expand_paths(f"{where}/text/sw_*.txt"))
+        assert [lines[i] for i in (2, 0, 1)] == ["three", "one", "two"]
+        assert list(data.xlsum(f"{where}/xlsum", "swahili", "test")) == [article]
+        assert data.xlsum_source(f"{where}/xlsum", "swahili", "test")[0] == article
+    with pytest.raises(data.MissingDataError, match=r"no file matches the pattern 'gs://bucket/in/text/yo_\*.txt'"):
+        data.sources.text_lines("gs://bucket/in/text/yo_*.txt")
+
+
+def test_a_tokenizer_trained_for_a_gs_training_run_is_kept_in_the_bucket_and_reused(fake_gcs):
+    from peft_jax.train import loop
+    from test_train_loop import _config_module
+
+    config = _config_module().get_config("model=mt5_tiny,peft=lora,source=synthetic")
+    config.data.num_examples = 40
+    trained = loop._tokenizer(config, "gs://bucket/train")
+    saved = fake_gcs / "bucket" / "train" / "tokenizer.model"
+    assert saved.is_file()
+    before = saved.stat().st_mtime_ns
+    again = loop._tokenizer(config, "gs://bucket/train")  # loaded from the bucket, not trained and uploaded again
+    assert saved.stat().st_mtime_ns == before
+    assert again.encode("syn text") == trained.encode("syn text") and again.vocab_size == trained.vocab_size
     assert not pathlib.Path("gs:").exists()
 
 

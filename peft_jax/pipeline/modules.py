@@ -17,6 +17,8 @@ import dataclasses
 import time
 from typing import Any, Callable
 
+import jax
+
 from peft_jax.pipeline.runner import Stages
 from peft_jax.train.loop import plan_phases, train
 from peft_jax.train.together import train_together
@@ -57,11 +59,14 @@ def train_all(jobs: list[Job], per_step: int = 0, log=print) -> list[str]:
         size = per_step or max(len(todo), 1)
         for i in range(0, len(todo), size):
             _train_group(todo[i:i + size], log)
-    return [j.stages.run(j.name, lambda j=j: j.module_file) for j in jobs]
+    trained = {id(j) for j in pending}
+    return [j.module_file if id(j) in trained else j.stages.run(j.name, lambda j=j: j.module_file) for j in jobs]
 
 
 def _train_group(group: list[Job], log) -> None:
     """Trains `group` in one step over a module axis (or one by one), then writes each one's marker."""
+    for j in group:
+        j.stages.announce(j.name)
     prepared = [j.prepare() for j in group]
     configs, dirs = [c for c, _ in prepared], [d for _, d in prepared]
     start = time.time()
@@ -72,7 +77,9 @@ def _train_group(group: list[Job], log) -> None:
         for c, d in prepared:
             train(c, d)
         how = "one after another"
-    log(f"[train] {len(group)} {group[0].kind} module(s) {how} in {time.time() - start:.1f}s: "
-        + ", ".join(j.label or j.name for j in group))
+    seconds = time.time() - start
     for j in group:
-        j.stages.run(j.name, lambda j=j: j.module_file)
+        j.stages.record(j.name, j.module_file, seconds)
+    if jax.process_index() == 0:
+        log(f"[train] {len(group)} {group[0].kind} module(s) {how} in {seconds:.1f}s: "
+            + ", ".join(j.label or j.name for j in group))

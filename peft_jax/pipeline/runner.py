@@ -4,8 +4,8 @@ A stage's marker (`<workdir>/stages/<name>.json`) is written atomically after
 the stage's outputs, so a run killed mid-stage redoes only that stage (whose
 own checkpoints may let it resume further). `workdir_lock` (from `peft_jax.fileio`)
 refuses a second run on the same workdir while the first is alive. Markers are
-read and written through `etils.epath`; the pipeline itself still needs a local
-(or shared) workdir (`experiment.run` refuses gs://, see docs/remote_workdirs.md).
+read and written through `etils.epath`, like every other file of a pipeline
+run, so the workdir may be a `gs://` URL (docs/remote_workdirs.md).
 
 In a multi-process run every process calls the same stages in the same order. Process 0 alone
 holds the lock and writes markers; whether a stage is done, and its result, are process 0's,
@@ -76,6 +76,19 @@ class Stages:
     def pending(self, names: list[str]) -> list[str]:
         """The names among `names` whose stage has not finished (process 0's markers, on every process)."""
         return _broadcast_json([n for n in names if not self.done(n)] if self.writer else None)
+
+    def announce(self, name: str) -> None:
+        """Logs that a stage run outside `run` starts (modules trained together, see `record`)."""
+        if self.writer:
+            self.log(f"[stage] {name}: running")
+
+    def record(self, name: str, result: Any, seconds: float) -> None:
+        """Writes the marker of a stage that ran outside `run` (called on every process, written by process 0)."""
+        if self.writer:
+            self.guard()
+            write_text(self._marker(name), json.dumps({"result": result, "seconds": round(seconds, 2)}, indent=1,
+                                                      sort_keys=True))
+            self.log(f"[stage] {name}: finished in {seconds:.1f}s")
 
     def result(self, name: str) -> Any:
         return json.loads(self._marker(name).read_text())["result"]
