@@ -151,6 +151,10 @@ def test_a_tokenizer_trained_for_a_gs_training_run_is_kept_in_the_bucket_and_reu
 
 
 def _launch_evaluate():
+    from absl import flags  # pylint: disable=import-outside-toplevel
+    for name in ("config", "workdir"):  # another launch script loaded in this process defined them already
+        if name in flags.FLAGS:
+            delattr(flags.FLAGS, name)
     spec = importlib.util.spec_from_file_location("_launch_evaluate", ROOT / "launch" / "evaluate.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

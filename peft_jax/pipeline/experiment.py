@@ -377,9 +377,8 @@ def _jobs(r: SeedRun, label: bool) -> list[Job]:
     for kind, langs in (("lang", _languages(c)), ("task", c.labeled_languages)):
         for lang in langs:
             make = functools.partial(module_config, c, r.workdir, kind, lang, r.paths, r.tok_path, r.base_path)
-            out.append(Job(r.st, f"{kind}/{lang}", make,
-                                   os.path.join(module_dir(r.workdir, kind, lang), "final_module"),
-                                   f"seed {c.seed} {kind}/{lang}" if label else ""))
+            module_file = os.path.join(module_dir(r.workdir, kind, lang), "final_module")
+            out.append(Job(r.st, f"{kind}/{lang}", make, module_file, f"seed {c.seed} {kind}/{lang}" if label else ""))
     return out
 
 
