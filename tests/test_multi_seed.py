@@ -117,3 +117,12 @@ def test_the_seed_configs_differ_only_in_seed_base_and_tokenizer():
     later = multi_seed.seed_config(config, 1, "/w/seed_0")
     diff = {k for k, v in later.items() if v != config[k]}
     assert diff == {"seed", "seeds", "base", "tokenizer"} and later.base.pretrain == config.base.pretrain
+
+
+def test_a_relative_workdir_gives_every_seed_the_same_absolute_tokenizer_and_base(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    plan = multi_seed.plan(_demo(seeds=(0, 1, 2)), "runs/demo")
+    assert [w for _, _, w in plan] == [str(tmp_path / "runs" / "demo" / f"seed_{s}") for s in (0, 1, 2)]
+    first = tmp_path / "runs" / "demo" / "seed_0"
+    assert {(c.tokenizer.path, c.base.checkpoint) for _, c, _ in plan[1:]} == {(f"{first}/tokenizer.model",
+                                                                                 f"{first}/base")}

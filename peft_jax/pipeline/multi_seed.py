@@ -19,7 +19,7 @@ from typing import Callable
 
 import jax
 
-from peft_jax import evaluation, metrics
+from peft_jax import evaluation, fileio, metrics
 from peft_jax.evaluation import seeds as seed_stats
 from peft_jax.pipeline import lambdas
 
@@ -51,6 +51,9 @@ def seed_config(config, seed: int, first_workdir: str | None):
 def plan(config, workdir: str) -> list[tuple[int, object, str]]:
     """(seed, one-seed config, workdir/seed_<s>) per seed; later seeds use the first seed's tokenizer and base."""
     seeds = check_seeds(config.seeds)
+    # Absolute (or a URL): every seed's modules then name the first seed's tokenizer and base with one spelling,
+    # which modules trained together must share.
+    workdir = os.fspath(fileio.workdir_path(workdir))
     first = os.path.join(workdir, f"seed_{seeds[0]}")
     return [(s, seed_config(config, s, None if i == 0 else first), os.path.join(workdir, f"seed_{s}"))
             for i, s in enumerate(seeds)]
