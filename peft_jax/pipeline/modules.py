@@ -76,7 +76,7 @@ def _train_group(group: list[Job], log) -> None:
     else:
         for c, d in prepared:
             train(c, d)
-        how = "one after another"
+        how = "one after another" if len(group) > 1 else "alone"
     seconds = time.time() - start
     for j in group:
         j.stages.record(j.name, j.module_file, seconds)
