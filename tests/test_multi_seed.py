@@ -106,7 +106,7 @@ def test_two_seeds_run_one_seed_each_on_the_first_seeds_base_and_write_the_summa
     assert "2 seeds (0, 5)" in md and "λ protocol: target_oracle" in md and "## Per seed" in md
     assert (tmp_path / "results_by_language.png").stat().st_size > 0
     # λ sweeps over seeds: mean ± sample std of (10, 12) and (20, 16) ROUGE-L ×100, and their plot.
-    assert "| syn_a | 11.0 ± 1.4 | 18.0 ± 2.8 |" in md and "each seed's chosen λ" in md
+    assert "| syn_a | 11.0 ± 1.4 | 18.0 ± 2.8 |" in md and "mean ± std over seeds; each seed's chosen λ" in md
     assert (tmp_path / "lambda_sweep.png").stat().st_size > 0
     with pytest.raises(ValueError, match="seeds must be distinct integers"):
         experiment.run(_demo(seeds=(1, 1)), str(tmp_path / "again"), log=lambda _: None)

@@ -18,10 +18,12 @@ import shutil
 import sys
 
 import jax
+import numpy as np
 import pytest
 from etils import epath
 from jax._src import compilation_cache
 
+import peft_jax
 from peft_jax import data, fileio
 from peft_jax import evaluate as evaluate_lib
 from peft_jax.pipeline import experiment, multi_seed
@@ -207,3 +209,14 @@ def test_pipeline_and_evaluate_on_gs_without_a_backend_stop_by_name_before_writi
         with pytest.raises(fileio.WorkdirError, match=message):
             evaluate_lib.evaluate(_eval_config(str(tmp_path)), "gs://bucket/run")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_hugging_face_checkpoint_on_gs_is_refused_by_name_and_a_native_one_loads(fake_gcs, test_data):
+    shutil.copytree(test_data / "checkpoints" / "hf_mt5_safetensors", fake_gcs / "bucket" / "hf_mt5")
+    with pytest.raises(peft_jax.models.CheckpointError, match=r"gs://bucket/hf_mt5: only checkpoints written by "
+                                                               r"peft_jax .* copy a Hugging Face or t5x checkpoint"):
+        peft_jax.load_pretrained("gs://bucket/hf_mt5")
+    model, params = peft_jax.load_pretrained(str(test_data / "checkpoints" / "hf_mt5_safetensors"))
+    peft_jax.models.native.save("gs://bucket/native", model, params)
+    _, loaded = peft_jax.load_pretrained("gs://bucket/native")
+    jax.tree.map(np.testing.assert_array_equal, loaded, params)

@@ -110,16 +110,17 @@ RECIPE_TABLE: tuple[Column, ...] = (
     ("wrong lang.", _optional("wrong_language_rate", _wrong_language)), ("note", lambda r: r.get("note") or ""))
 
 
-def sweep_section(by_recipe: dict[str, dict[str, Sequence[tuple[float, float]]]]) -> str:
-    """A Markdown section of λ-sweep tables, one per recipe ('' without sweeps)."""
+def sweep_section(by_recipe: dict[str, dict[str, Sequence[tuple]]],
+                  note: str = "the chosen λ is used on test") -> str:
+    """A Markdown section of λ-sweep tables, one per recipe ('' without sweeps); `note` ends its heading."""
     if not by_recipe:
         return ""
-    return ("\n## λ sweeps (validation ROUGE-L ×100; the chosen λ is used on test)\n\n"
+    return (f"\n## λ sweeps (validation ROUGE-L ×100; {note})\n\n"
             + "".join(f"\n{recipe}\n\n" + sweep_table(per_lang) for recipe, per_lang in by_recipe.items()))
 
 
-def sweep_table(per_language: dict[str, Sequence[tuple[float, float]]]) -> str:
-    """Languages × λ: validation score ×100, or mean ± std for (λ, mean, std) points (the first language's grid)."""
+def sweep_table(per_language: dict[str, Sequence[tuple]]) -> str:
+    """Languages × λ: validation score ×100, or mean ± std for (λ, mean, std) points (first language's grid)."""
     lambdas = [p[0] for p in next(iter(per_language.values()))]
     cell = lambda p: f"{100 * p[1]:.1f}" + (f" ± {100 * p[2]:.1f}" if len(p) == 3 else "")
     columns = [("language", lambda r: r["language"])]

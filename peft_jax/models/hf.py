@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from peft_jax import fileio
 from peft_jax.models import hf_config, native
 from peft_jax.models.checkpoints import flax_msgpack, hf_safetensors, hub, t5x, torch_bin
 from peft_jax.models.checkpoints.base import TensorSource
@@ -252,6 +253,12 @@ def load_pretrained(path: str, *, model: Any = None, param_dtype=jnp.float32, co
     native checkpoints of `peft_jax.models.native`. `shardings`, a pytree of `jax.sharding.Sharding`
     matching the params (or a function model -> that tree), loads each tensor straight into its sharding.
     """
+    if fileio.is_remote(path):  # object storage: only the native format is read from there
+        if native.is_native(path):
+            return native.load(path)
+        raise CheckpointError(f"{path}: only checkpoints written by peft_jax (models.native, e.g. a pipeline's base) "
+                              "load from object storage; copy a Hugging Face or t5x checkpoint to a local disk "
+                              "first (gsutil -m cp -r ...)")
     path = hub.resolve(os.fspath(path))
     if native.is_native(path):  # a checkpoint this project wrote itself (e.g. the demo's base)
         return native.load(path)

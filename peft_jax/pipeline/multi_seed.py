@@ -104,9 +104,8 @@ def write_report(config, workdir: str, rows: list[dict], sweeps: list[dict] = ()
     per_seed = evaluation.markdown_table((("seed", lambda r: str(r["seed"])),) + evaluation.RECIPE_TABLE, rows)
     spread = seed_stats.sweep_spread(list(sweeps))
     evaluation.write_markdown(os.path.join(workdir, "results.md"), "Results over seeds", intro,
-                              table + "\n## Per seed\n\n" + per_seed + evaluation.sweep_section(spread)
-                              .replace("×100; the chosen λ is used on test", "×100, mean ± std over seeds; each seed's chosen λ is used "
-                                       "on its test split"))
+                              table + "\n## Per seed\n\n" + per_seed + evaluation.sweep_section(
+                                  spread, "mean ± std over seeds; each seed's chosen λ is used on its test split"))
     evaluation.write_csv(os.path.join(workdir, "results.csv"), rows, SEED_CSV_COLUMNS)
     evaluation.write_csv(os.path.join(workdir, "summary.csv"), summary, seed_stats.SUMMARY_CSV_COLUMNS)
     evaluation.bar_plot([{**r, "rougeL": r["rougeL_mean"], "rougeL_low": r["rougeL_mean"] - r["rougeL_std"],

@@ -25,8 +25,8 @@ from peft_jax.train.sparse import dense_module, select
 from peft_jax.train.step import compile_step, eval_step, jit_train_step, loss_and_grads, train_step, trainable
 from peft_jax.train.together import check_together, train_together
 
-__all__ = ["ArrayIterator", "BatchError", "BatchIterator", "Checkpoints", "ConfigError", "DEFAULT_RULES", "MeshError",
-           "NonFiniteLossError", "TrainResult", "WorkdirError", "check_fields", "check_overrides", "compile_step",
-           "check_together", "cross_entropy", "dense_module", "eval_step", "jit_train_step", "loss_and_grads", "make_mesh",
-           "make_optimizer", "make_schedule", "memorisable_features", "peft_config", "prepare_batch", "select",
-           "train", "train_step", "train_together", "trainable"]
+__all__ = ["ArrayIterator", "BatchError", "BatchIterator", "Checkpoints", "ConfigError", "DEFAULT_RULES",
+           "MeshError", "NonFiniteLossError", "TrainResult", "WorkdirError", "check_fields", "check_overrides",
+           "compile_step", "check_together", "cross_entropy", "dense_module", "eval_step", "jit_train_step",
+           "loss_and_grads", "make_mesh", "make_optimizer", "make_schedule", "memorisable_features", "peft_config",
+           "prepare_batch", "select", "train", "train_step", "train_together", "trainable"]

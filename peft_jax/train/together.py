@@ -97,6 +97,7 @@ class _Member:
 
 
 def _stack(trees):
+    """Trees of one structure stacked leaf by leaf along a new leading axis."""
     return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
 
@@ -106,6 +107,7 @@ def _leading(sharding):
 
 
 def _train_together(configs, workdirs, guard) -> list[loop.TrainResult]:
+    """The run behind `train_together`, its workdirs checked and locked (`loop._train` for K modules)."""
     s, tok, shard = loop._setup(configs[0], workdirs[0])
     phase = loop.plan_phases(configs[0])[0]
     key = jax.jit(jax.random.PRNGKey, static_argnums=0, out_shardings=s.repl)
