@@ -180,10 +180,11 @@ def _jit_step(s: loop._Static, parts: loop._PhaseParts, k: int):
                    out_shardings=(module_sh, opt_sh, repl_k), donate_argnums=(0, 1)), (module_sh, opt_sh, repl_k)
 
 
-def _unstack_into(members: list[_Member], parts: loop._PhaseParts, modules, opt_states) -> None:
-    """Copies each module's slice of the stacked state into its member (for checkpoints, eval, export)."""
-    take = jax.jit(lambda tree, k: jax.tree.map(lambda x: x[k], tree),
-                   out_shardings=(parts.peft_sharding, parts.opt_sharding))
+def _unstack_into(members: list[_Member], take, modules, opt_states) -> None:
+    """Copies each module's slice of the stacked state into its member (for checkpoints, eval, export).
+
+    take: the jitted (tree, k) -> slice k, made once per run so it compiles once.
+    """
     for k, m in enumerate(members):
         module, opt_state = take((modules, opt_states), k)
         m.run = dataclasses.replace(m.run, module=module, opt_state=opt_state)
@@ -207,6 +208,8 @@ def _run_steps(s, parts, members: list[_Member], start: int, tok, shard) -> None
     modules = stack_to([m.run.module for m in members], module_sh)
     opt_states = stack_to([m.run.opt_state for m in members], opt_sh)
     rngs = stack_to([m.rng for m in members], repl_k)
+    take = jax.jit(lambda tree, i: jax.tree.map(lambda x: x[i], tree),
+                   out_shardings=(parts.peft_sharding, parts.opt_sharding))
     nonfinite = jax.jit(lambda t: jnp.any(jnp.stack([~jnp.all(jnp.isfinite(x), axis=tuple(range(1, x.ndim)))
                                                      for x in jax.tree.leaves(t)]), axis=0), out_shardings=s.repl)
     bar = tqdm(total=cfg.num_steps, initial=start, disable=jax.process_index() != 0 or not cfg.progress_bar,
@@ -226,7 +229,7 @@ def _run_steps(s, parts, members: list[_Member], start: int, tok, shard) -> None
         evaluate = cfg.eval_every and cfg.eval_steps and (done % cfg.eval_every == 0 or done == cfg.num_steps)
         save = done % cfg.checkpoint_every == 0
         if evaluate or save or done == cfg.num_steps:
-            _unstack_into(members, parts, modules, opt_states)
+            _unstack_into(members, take, modules, opt_states)
         lr = float(parts.schedule(step - members[0].run.phase.start))
         for i, m in enumerate(members):
             row = {n: v[i].item() for n, v in metrics.items()}
